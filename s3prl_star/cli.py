@@ -1,0 +1,42 @@
+"""`s3prl-star SUBCOMMAND ...`: one entry point; each subcommand lives in its own module.
+
+Subcommands that drive s3prl's runners (`pretrain`, `downstream`) take exactly the flags
+of s3prl's `run_pretrain.py` / `run_downstream.py`, so each subcommand parses its own argv.
+"""
+import importlib
+import sys
+
+# name -> (module, function taking argv and returning an exit code, one-line help)
+SUBCOMMANDS = {
+    "profile": ("s3prl_star.profile", "main", "parameters and SUPERB-protocol MACs of a model preset"),
+    "prepare-librispeech": ("s3prl_star.data", "main", "write s3prl's LibriSpeech length CSVs"),
+    "pretrain": ("s3prl_star.pretrain", "main", "distil a student through s3prl's pretrain runner (run_pretrain.py flags)"),
+    "downstream": ("s3prl_star.downstream", "main", "run s3prl's downstream runner with star_hubert registered (run_downstream.py flags)"),
+    "link-s3prl": ("s3prl_star.link", "main", "install (or --undo) the plugin into an s3prl git checkout"),
+    "export": ("s3prl_star.export", "main", "export a checkpoint to TorchScript or ONNX"),
+    "demo": ("s3prl_star.demo", "main", "the end-to-end job on the embedded mini data set"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: s3prl-star SUBCOMMAND [ARGS...]", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"s3prl-star: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, function, _ = SUBCOMMANDS[name]
+    return getattr(importlib.import_module(module), function)(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
