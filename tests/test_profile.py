@@ -1,0 +1,47 @@
+"""`s3prl-star profile`, run as a user runs it: exact parameter counts, MACs within 1 % of the paper's."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from s3prl_star.profile import SUPERB_PROTOCOL_LENGTHS
+
+
+def profile(name: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "s3prl_star.cli", "profile", name, "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(result.stdout)
+
+
+def test_protocol_lengths_are_the_superb_ones():
+    assert len(SUPERB_PROTOCOL_LENGTHS) == 32
+    assert sum(SUPERB_PROTOCOL_LENGTHS) / 16000 == pytest.approx(224.86)
+
+
+@pytest.mark.parametrize(
+    "name, params, macs",
+    [
+        ("star_hubert", 22_308_592, 463.5e9),  # paper
+        ("star_hubert_l", 26_626_672, None),  # paper gives no MACs
+        ("hubert_base", 94_370_944, 1669e9),  # encoder only: the paper's 94.70M adds HuBERT's prediction heads
+    ],
+)
+def test_profile_json(name, params, macs):
+    result = profile(name)
+    assert result["params"] == params
+    if macs is not None:
+        assert result["macs"] == pytest.approx(macs, rel=0.01)
+    assert result["macs_per_second"] == pytest.approx(result["macs"] / 224.86)
+    assert 0 < result["macs_ratio_to_hubert_base"] <= 1
+
+
+def test_profile_text_and_bad_name():
+    text = subprocess.run(
+        [sys.executable, "-m", "s3prl_star.cli", "profile", "star_hubert_xs"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "9,386,752 parameters" in text and "G MACs" in text
+    bad = subprocess.run([sys.executable, "-m", "s3prl_star.cli", "profile", "distilhubert"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'distilhubert'" in bad.stderr
