@@ -1,0 +1,332 @@
+"""LibriSpeech length CSVs (s3prl's format) and the waveform pipeline the distiller trains on.
+
+`s3prl-star prepare-librispeech ROOT -o DIR --splits train-clean-100 dev-clean` writes
+`DIR/<split>.csv` as s3prl's `preprocess/generate_len_for_bucket.py` does:
+
+    ,file_path,length,label
+    0,train-clean-100/103/1240/103-1240-0000.flac,252000,CHAPTER ONE ...
+
+longest first; `file_path` is relative to the LibriSpeech root, because s3prl's readers join
+it to their `libri_root` (`pretrain/bucket_dataset.py`, the distiller's `OnlineWaveDataset`)
+and the ASR reader finds `<speaker>-<chapter>.trans.txt` from its last two directories
+(`downstream/asr/dataset.py`). s3prl leaves `label` empty; here it holds the transcript.
+
+For distillation (STaR: whole utterances in length-sorted buckets, no random crop):
+`load_length_csvs` -> `WaveformDataset` + `LengthBucketBatchSampler` -> `collate_waveforms`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+SAMPLE_RATE = 16000
+CSV_HEADER = ["", "file_path", "length", "label"]
+# Frames read back from the end of each file: a truncated FLAC fails here although
+# soundfile.info still reports the length from its header.
+TAIL_FRAMES = 1600
+
+
+class CorpusError(ValueError):
+    """The corpus root or a split cannot be used at all (not a per-file problem)."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    file_path: str  # "<split>/<speaker>/<chapter>/<utt-id>.flac", relative to the root
+    length: int  # samples at 16 kHz
+    transcript: str
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: Path
+    reason: str  # what is wrong and what was expected
+
+
+def check_audio(path: Path) -> tuple[int, str | None]:
+    """(samples, None) for a readable 16 kHz mono file with samples, else (0, reason)."""
+    if path.stat().st_size == 0:
+        return 0, "empty file (0 bytes); expected 16 kHz mono FLAC"
+    try:
+        info = sf.info(path)
+    except sf.LibsndfileError as error:
+        return 0, f"unreadable ({error}); expected 16 kHz mono FLAC"
+    if info.samplerate != SAMPLE_RATE:
+        return 0, f"sample rate {info.samplerate} Hz; expected {SAMPLE_RATE} Hz"
+    if info.channels != 1:
+        return 0, f"{info.channels} channels; expected mono"
+    if info.frames <= 0:
+        return 0, "no samples; expected 16 kHz mono speech"
+    try:
+        with sf.SoundFile(path) as audio:
+            audio.seek(max(0, info.frames - TAIL_FRAMES))
+            tail_length = len(audio.read(dtype="int16"))
+    except sf.LibsndfileError as error:
+        tail_length, reason = 0, str(error)
+    else:
+        reason = f"read {tail_length} samples"
+    if tail_length != min(info.frames, TAIL_FRAMES):
+        return 0, f"truncated or corrupt: the header says {info.frames} samples, reading the end failed ({reason})"
+    return info.frames, None
+
+
+def read_transcripts(split_dir: Path) -> tuple[dict[str, tuple[str, Path]], list[BadFile]]:
+    """{utt-id: (transcript, .trans.txt path)} of a split, and malformed transcript files/lines."""
+    transcripts: dict[str, tuple[str, Path]] = {}
+    bad = []
+    for path in sorted(split_dir.rglob("*.trans.txt")):
+        parts = path.relative_to(split_dir).parts
+        if len(parts) != 3 or parts[2] != f"{parts[0]}-{parts[1]}.trans.txt":
+            bad.append(BadFile(path, "misplaced; expected <speaker>/<chapter>/<speaker>-<chapter>.trans.txt"))
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            utterance_id, _, text = line.strip().partition(" ")
+            if not text.strip() or not utterance_id.startswith(f"{parts[0]}-{parts[1]}-"):
+                bad.append(BadFile(path, f"line {number} {line!r}; expected "
+                                         f"'{parts[0]}-{parts[1]}-<n> TRANSCRIPT'"))
+                continue
+            transcripts[utterance_id] = (text.strip(), path)
+    return transcripts, bad
+
+
+def scan_split(root: Path, split: str) -> tuple[list[Utterance], list[BadFile]]:
+    """Every usable utterance of `root/split` and every bad file (audio or transcript)."""
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise CorpusError(f"split directory {split_dir} does not exist "
+                          f"(expected {root}/<split>/<speaker>/<chapter>/*.flac)")
+    audio_paths = sorted(split_dir.rglob("*.flac"))
+    if not audio_paths:
+        raise CorpusError(f"no .flac files under {split_dir}")
+    transcripts, bad = read_transcripts(split_dir)
+    utterances = []
+    for path in tqdm(audio_paths, desc=f"checking {split}", unit="file", dynamic_ncols=True):
+        parts = path.relative_to(split_dir).parts
+        if len(parts) != 3 or not path.stem.startswith(f"{parts[0]}-{parts[1]}-"):
+            bad.append(BadFile(path, "misplaced; expected <speaker>/<chapter>/<speaker>-<chapter>-<n>.flac"))
+            continue
+        if path.stem not in transcripts:
+            bad.append(BadFile(path, f"no line for {path.stem} in "
+                                     f"{path.parent / (parts[0] + '-' + parts[1] + '.trans.txt')}"))
+            continue
+        length, problem = check_audio(path)
+        if problem is not None:
+            bad.append(BadFile(path, problem))
+            continue
+        utterances.append(Utterance(path.relative_to(root).as_posix(), length, transcripts[path.stem][0]))
+    audio_ids = {path.stem for path in audio_paths}
+    for utterance_id, (_, transcript_path) in transcripts.items():
+        if utterance_id not in audio_ids:
+            bad.append(BadFile(transcript_path, f"line for {utterance_id} has no audio file "
+                                                f"{transcript_path.parent / (utterance_id + '.flac')}"))
+    return utterances, bad
+
+
+def write_length_csv(path: Path, utterances: Sequence[Utterance]) -> None:
+    """s3prl's length CSV, longest first (ties by path), written atomically."""
+    ordered = sorted(utterances, key=lambda u: (-u.length, u.file_path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", newline="") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        for index, utterance in enumerate(ordered):
+            writer.writerow([index, utterance.file_path, utterance.length, utterance.transcript])
+    os.replace(temporary, path)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="s3prl-star prepare-librispeech",
+        description="Write s3prl's LibriSpeech length CSVs (<output-dir>/<split>.csv) after "
+                    "checking every file: 16 kHz mono FLAC, readable, with a transcript line.")
+    parser.add_argument("root", type=Path, help="LibriSpeech root holding the split directories")
+    parser.add_argument("-o", "--output-dir", type=Path, required=True, help="where <split>.csv go")
+    parser.add_argument("--splits", nargs="+", required=True, metavar="SPLIT",
+                        help="split directories under ROOT, e.g. train-clean-100 dev-clean")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave bad files out (listed with reasons) instead of failing")
+    args = parser.parse_args(argv)
+
+    if not args.root.is_dir():
+        print(f"error: LibriSpeech root {args.root} is not a directory", file=sys.stderr)
+        return 1
+    scanned = {}
+    all_bad = []
+    try:
+        for split in args.splits:
+            scanned[split], bad = scan_split(args.root, split)
+            all_bad += bad
+    except CorpusError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    report = "".join(f"  {bad.path}: {bad.reason}\n" for bad in all_bad)
+    if all_bad and not args.skip_bad:
+        print(f"error: {len(all_bad)} bad file(s); fix them or pass --skip-bad to leave them out:\n"
+              f"{report}", end="", file=sys.stderr)
+        return 1
+    if all_bad:
+        print(f"skipped {len(all_bad)} bad file(s):\n{report}", end="", file=sys.stderr)
+    for split, utterances in scanned.items():
+        if not utterances:
+            print(f"error: no usable utterances left in {args.root / split}", file=sys.stderr)
+            return 1
+    for split, utterances in scanned.items():
+        path = args.output_dir / f"{split}.csv"
+        write_length_csv(path, utterances)
+        hours = sum(u.length for u in utterances) / SAMPLE_RATE / 3600
+        print(f"wrote {path}: {len(utterances)} utterances, {hours:.2f} h")
+    return 0
+
+
+def load_length_csvs(csv_paths: Sequence[str | os.PathLike], root: str | os.PathLike,
+                     max_length: int | None = None) -> list[tuple[str, int]]:
+    """(absolute audio path, samples) of every row of the CSVs, in file order.
+
+    Rows longer than `max_length` samples are dropped (and counted on stdout), not cropped:
+    STaR distils whole utterances. Paths are `root/file_path`, as s3prl's readers join them.
+    """
+    root = os.path.abspath(root)
+    items = []
+    for csv_path in csv_paths:
+        with open(csv_path, newline="") as file:
+            rows = csv.reader(file)
+            header = next(rows, None)
+            if header != CSV_HEADER:
+                raise ValueError(f"{csv_path}: header {header!r}; expected {','.join(CSV_HEADER)!r} "
+                                 "(write it with `s3prl-star prepare-librispeech`)")
+            for number, row in enumerate(rows, start=2):
+                if len(row) != len(CSV_HEADER) or not row[1] or not row[2].isdigit() or int(row[2]) == 0:
+                    raise ValueError(f"{csv_path}: line {number} {row!r}; expected "
+                                     "'index,<split>/<spk>/<chapter>/<utt>.flac,<samples > 0>,<label>'")
+                items.append((os.path.join(root, row[1]), int(row[2])))
+    missing = [path for path, _ in items if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} audio file(s) listed in {[str(p) for p in csv_paths]} "
+                                f"are missing under root {root}, e.g. {missing[0]}")
+    if max_length is not None:
+        kept = [(path, length) for path, length in items if length <= max_length]
+        print(f"[data] dropped {len(items) - len(kept)} of {len(items)} utterances longer than "
+              f"{max_length} samples ({max_length / SAMPLE_RATE:.1f} s)")
+        items = kept
+    if not items:
+        raise ValueError(f"no utterances in {[str(p) for p in csv_paths]}"
+                         + ("" if max_length is None else f" of at most {max_length} samples"))
+    return items
+
+
+class WaveformDataset(Dataset):
+    """Item i: the float32 waveform (S,) of `items[i] = (path, samples)`, read in the worker."""
+
+    def __init__(self, items: Sequence[tuple[str, int]]):
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [length for _, length in self.items]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        path, expected_length = self.items[index]
+        waveform, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+        if sample_rate != SAMPLE_RATE or waveform.shape[1] != 1:
+            raise ValueError(f"{path}: {sample_rate} Hz, {waveform.shape[1]} channel(s); "
+                             f"expected {SAMPLE_RATE} Hz mono")
+        if waveform.shape[0] != expected_length:
+            raise ValueError(f"{path}: {waveform.shape[0]} samples; the length CSV says "
+                             f"{expected_length} (re-run prepare-librispeech)")
+        return torch.from_numpy(waveform[:, 0])
+
+
+def collate_waveforms(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms (B, S_max) float32 zero-padded at the end, and lengths (B,) int64."""
+    lengths = torch.tensor([len(waveform) for waveform in batch], dtype=torch.int64)
+    return torch.nn.utils.rnn.pad_sequence(list(batch), batch_first=True), lengths
+
+
+class LengthBucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length utterances, identical in content for any split over ranks.
+
+    Indices are sorted longest first and cut into global batches of `batch_size * world_size`
+    consecutive utterances; each epoch shuffles the order of the global batches with a
+    generator seeded by (seed, epoch), and rank r yields its contiguous share of each global
+    batch. So at every step the ranks' batches, concatenated in rank order, equal the batch
+    one process with `batch_size * world_size` yields. The buckets themselves are fixed, as in
+    s3prl's bucketed datasets.
+
+    A short last global batch (the m < batch_size * world_size shortest utterances) is
+    dropped with `drop_last`; otherwise it is merged into the global batch before it (if any),
+    which then holds up to 2 * batch_size * world_size - 1 of the shortest utterances. The rule
+    depends on the global batch size only, so it is the same for every split over ranks, and
+    it gives every rank at least `batch_size` utterances: all ranks yield the same number of
+    non-empty batches (no DDP deadlock) and each utterance comes exactly once per epoch.
+    A global batch is split over ranks as evenly as possible (shares differ by at most one).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, world_size: int = 1,
+                 rank: int = 0, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"batch_size={batch_size}, world_size={world_size}, rank={rank}; "
+                             "expected batch_size >= 1, world_size >= 1, 0 <= rank < world_size")
+        if len(lengths) < world_size:
+            raise ValueError(f"{len(lengths)} utterances cannot fill world_size={world_size} ranks")
+        super().__init__()
+        self.world_size, self.rank = world_size, rank
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch, self.start = 0, 0
+        order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
+        global_size = batch_size * world_size
+        batches = [order[i:i + global_size] for i in range(0, len(order), global_size)]
+        if len(batches[-1]) < global_size:
+            if drop_last:
+                batches.pop()
+            elif len(batches) > 1:
+                remainder = batches.pop()
+                batches[-1] += remainder
+        if not batches:
+            raise ValueError(f"{len(lengths)} utterances make no full global batch of {global_size} "
+                             "(drop_last=True)")
+        self.global_batches = batches
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.global_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's batch order; resets `set_start` to the beginning of the epoch."""
+        self.epoch, self.start = epoch, 0
+
+    def set_start(self, batches_done: int) -> None:
+        """Skip the first `batches_done` batches of the current epoch (exact mid-epoch resume)."""
+        if not 0 <= batches_done <= self.batches_per_epoch:
+            raise ValueError(f"batches_done={batches_done}; expected 0..{self.batches_per_epoch}")
+        self.start = batches_done
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.batches_per_epoch)
+        else:
+            order = np.arange(self.batches_per_epoch)
+        for batch_index in order[self.start:]:
+            batch = self.global_batches[batch_index]
+            base, extra = divmod(len(batch), self.world_size)
+            first = self.rank * base + min(self.rank, extra)
+            yield batch[first:first + base + (self.rank < extra)]
