@@ -1,0 +1,106 @@
+"""`s3prl-star export CKPT --format torchscript|onnx -o FILE`: the student as one graph for on-device use.
+
+The exported graph takes `waveforms` (B, S) float32 at 16 kHz, zero-padded, and `lengths` (B,)
+int64 valid samples, and returns `hidden_states` (L, B, T, D) float32 (the hidden states the
+`star_hubert` upstream gives s3prl, stacked: the 12 transformer-layer outputs, with the
+pre-transformer feature first under `--include-feature`) and `frame_lengths` (B,) int64 valid
+frames. Batch and sample axes are dynamic. The model is traced in eval mode (dropout off).
+"""
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from s3prl_star.model import StarHubert
+
+FORMATS = ("torchscript", "onnx")
+INPUT_NAMES = ["waveforms", "lengths"]
+OUTPUT_NAMES = ["hidden_states", "frame_lengths"]
+# ONNX opset of the TorchScript-based exporter (onnxruntime >= 1.17 runs it).
+ONNX_OPSET = 17
+
+
+class ExportedStudent(nn.Module):
+    """(B, S) waveforms + (B,) lengths -> stacked hidden states (L, B, T, D) + frame lengths (B,)."""
+
+    def __init__(self, model: StarHubert, include_feature: bool):
+        super().__init__()
+        self.model = model.eval()
+        self.first_layer = 0 if include_feature else 1
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        output = self.model(waveforms, lengths)
+        hidden_states = torch.stack(output.hidden_states[self.first_layer:])
+        frame_lengths = (~output.padding_mask).sum(dim=1)
+        return hidden_states, frame_lengths
+
+
+def example_inputs(seconds: Tuple[float, float] = (1.0, 0.6), sample_rate: int = 16000) -> Tuple[Tensor, Tensor]:
+    """A padded two-item batch of different lengths: tracing sees a real padding mask."""
+    lengths = torch.tensor([round(s * sample_rate) for s in seconds], dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    waveforms = torch.randn(len(seconds), int(lengths.max()), generator=generator)
+    waveforms[torch.arange(waveforms.size(1))[None, :] >= lengths[:, None]] = 0.0
+    return waveforms, lengths
+
+
+def _write_atomically(path: Path, write) -> None:
+    """`write(temp_path)` into the output folder, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def export(model: StarHubert, path: Path, format: str, include_feature: bool = False) -> Path:
+    """Trace `model` (set to eval) and write it to `path` as TorchScript or ONNX."""
+    if format not in FORMATS:
+        raise ValueError(f"export format: expected one of {FORMATS}, got {format!r}")
+    module = ExportedStudent(model, include_feature)
+    inputs = example_inputs()
+    path = Path(path)
+    with torch.no_grad():
+        if format == "torchscript":
+            traced = torch.jit.trace(module, inputs)
+            _write_atomically(path, lambda temp: torch.jit.save(traced, temp))
+        else:
+            _write_atomically(path, lambda temp: torch.onnx.export(
+                module, inputs, temp,
+                dynamo=False,
+                input_names=INPUT_NAMES,
+                output_names=OUTPUT_NAMES,
+                dynamic_axes={
+                    "waveforms": {0: "batch", 1: "samples"},
+                    "lengths": {0: "batch"},
+                    "hidden_states": {1: "batch", 2: "frames"},
+                    "frame_lengths": {0: "batch"},
+                },
+                opset_version=ONNX_OPSET,
+            ))
+    return path
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="s3prl-star export", description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt", help="a checkpoint load_student reads (distiller states-*.ckpt, save_student file, released .ckpt)")
+    parser.add_argument("-g", "--model-config", help="the released .yaml, for a released Lightning .ckpt")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("-o", "--output", required=True, type=Path, help="file to write (.pt for torchscript, .onnx)")
+    parser.add_argument("--include-feature", action="store_true", help="also output the pre-transformer feature (first)")
+    args = parser.parse_args(argv)
+
+    from s3prl_star.checkpoint import load_student
+
+    model = load_student(args.ckpt, args.model_config)
+    path = export(model, args.output, args.format, include_feature=args.include_feature)
+    print(f"wrote {args.format} model to {path}")
+    return 0

@@ -1,0 +1,12 @@
+"""s3prl's `upstream/<name>/hubconf.py` slot: the `star_hubert*` entry names for `s3prl/hub.py`.
+
+`s3prl/hub.py` does `from s3prl.upstream.star_hubert.hubconf import *`, so `__all__` lists
+exactly the entry names. The compatibility shims are applied here too (idempotent), for a
+checkout whose hub.py imports this module directly.
+"""
+from s3prl_star import compat as _compat
+from s3prl_star.hub import ENTRY_NAMES, star_hubert, star_hubert_local, star_hubert_url, star_hubert_with_feature
+
+_compat.apply()
+
+__all__ = list(ENTRY_NAMES)
