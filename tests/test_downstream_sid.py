@@ -1,0 +1,173 @@
+"""SID (`-d voxceleb1`) through `s3prl-star downstream`, and the file-list cache it must not reuse.
+
+s3prl's voxceleb1 dataset caches its file lists in site-packages and reloads them in every later
+run; `s3prl_star.downstream` gives each run its own cache folder. Two experiments on two different
+espeak-ng corpora in VoxCeleb1 layout (`<root>/dev/wav/id1000N/<video>/<utt>.wav` + `iden_split.txt`)
+train in turn, then the first one's checkpoint is evaluated in a fresh process (`-m evaluate -e`):
+each run must list its own corpus' files, and nothing may appear under site-packages.
+Only step counts, batch sizes and workers are overridden (-o), to fit CI.
+"""
+import random
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "downstream_recipes" / "voxceleb1" / "config.yaml"
+CLI = [str(Path(sys.executable).parent / "s3prl-star")]
+
+# Same tiny 12-layer student as tests/test_downstream_tasks.py: a step takes well under a second on CPU.
+TINY_STUDENT = dict(
+    conv_layers=((32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 2, 2), (32, 2, 2)),
+    encoder_layers=12, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+    conv_pos=16, conv_pos_groups=4,
+)
+STEPS = 4
+OVERRIDES = (
+    f"config.runner.total_steps={STEPS},,config.runner.log_step=2,,config.runner.eval_step={STEPS},,"
+    f"config.runner.save_step={STEPS},,config.runner.gradient_accumulate_steps=1,,"
+    "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=4"
+)
+SPLIT_IDS = {"train": 1, "dev": 2, "test": 3}
+
+
+@dataclass(frozen=True)
+class SidCorpus:
+    root: Path  # the recipe's file_path (holds dev/wav/...)
+    split_list: Path  # the recipe's meta_data
+    counts: dict  # split -> number of utterances listed
+    video: str  # the video folder name every utterance of this corpus sits in
+
+
+def make_voxceleb1(root: Path, voices: tuple, per_speaker: dict, video: str, seed: int) -> SidCorpus:
+    """espeak-ng speakers (one voice each, ids id10001...) in VoxCeleb1 layout, and its split list."""
+    from s3prl_star.synthetic import SAMPLE_RATE, _require_tools, make_sentence, synthesise
+
+    tools = _require_tools()
+    rng = random.Random(seed)
+    lines, counts = [], dict.fromkeys(SPLIT_IDS, 0)
+    for speaker, voice in enumerate(voices):
+        speaker_id = f"id{10001 + speaker}"
+        utterance = 0
+        for split, count in per_speaker.items():
+            for _ in range(count):
+                relative = f"{speaker_id}/{video}/{utterance:05d}.wav"
+                path = root / "dev" / "wav" / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, synthesise(make_sentence(rng), voice, tools), SAMPLE_RATE, subtype="PCM_16")
+                lines.append(f"{SPLIT_IDS[split]} {relative}\n")
+                counts[split] += 1
+                utterance += 1
+    split_list = root / "iden_split.txt"
+    split_list.write_text("".join(lines))
+    return SidCorpus(root, split_list, counts, video)
+
+
+@pytest.fixture(scope="module")
+def student_checkpoint(tmp_path_factory):
+    import torch
+
+    from s3prl_star.checkpoint import save_student
+    from s3prl_star.model import build_preset
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("student") / "tiny_star_hubert.pt"
+    save_student(path, build_preset("star_hubert", **TINY_STUDENT))
+    return path
+
+
+def site_packages_cache_state():
+    """(name, mtime) of every file in s3prl's own SID cache folder, or None when it does not exist."""
+    import s3prl
+
+    cache = Path(s3prl.__file__).parent / "downstream" / "voxceleb1" / ".cache"
+    if not cache.exists():
+        return None
+    return sorted((path.name, path.stat().st_mtime_ns) for path in cache.iterdir())
+
+
+def run_downstream(args) -> str:
+    result = subprocess.run(
+        CLI + ["downstream", *args, "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def listed_counts(output: str) -> list[int]:
+    """The file counts s3prl's SpeakerClassifiDataset reports, in construction order (train, dev, test)."""
+    return [int(count) for count in re.findall(r"\[SpeakerClassifiDataset\] - there are (\d+) files found", output)]
+
+
+def train(corpus: SidCorpus, expdir: Path, student_checkpoint: Path) -> str:
+    overrides = (
+        f"{OVERRIDES},,config.downstream_expert.datarc.file_path={corpus.root},,"
+        f"config.downstream_expert.datarc.meta_data={corpus.split_list}"
+    )
+    return run_downstream(
+        ["-m", "train", "-u", "star_hubert", "-k", str(student_checkpoint), "-d", "voxceleb1",
+         "-c", str(CONFIG), "-p", str(expdir), "-o", overrides]
+    )
+
+
+def predicted_names(expdir: Path, split: str) -> list[str]:
+    return [line.split(" ")[0] for line in (expdir / f"{split}_truth.txt").read_text().splitlines()]
+
+
+def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, student_checkpoint):
+    cache_before = site_packages_cache_state()
+    first = make_voxceleb1(tmp_path / "vox_a", ("en-us", "en-us+m1", "en-us+f2"),
+                           {"train": 2, "dev": 1, "test": 1}, video="videoA", seed=1)
+    second = make_voxceleb1(tmp_path / "vox_b", ("en-us", "en-us+m1", "en-us+f2", "en+m3"),
+                            {"train": 3, "dev": 2, "test": 1}, video="videoB", seed=2)
+    assert [first.counts[s] for s in SPLIT_IDS] != [second.counts[s] for s in SPLIT_IDS]
+
+    for corpus, name in ((first, "sid_a"), (second, "sid_b")):
+        output = train(corpus, tmp_path / name, student_checkpoint)
+        assert "Loading file paths from" not in output, output[-4000:]
+        assert listed_counts(output) == [corpus.counts[s] for s in SPLIT_IDS], output[-4000:]
+        log = (tmp_path / name / "log.log").read_text()
+        assert f"dev at step {STEPS}:" in log and f"test at step {STEPS}:" in log, log
+        # The test predictions cover exactly this corpus' test files.
+        names = predicted_names(tmp_path / name, "test")
+        assert len(names) == corpus.counts["test"] and all(corpus.video in n for n in names), names
+
+    # A fresh process rebuilds the first experiment from its checkpoint: its lists, not the second's.
+    checkpoint = tmp_path / "sid_a" / f"states-{STEPS}.ckpt"
+    output = run_downstream(["-m", "evaluate", "-e", str(checkpoint)])
+    assert listed_counts(output) == [first.counts[s] for s in SPLIT_IDS], output[-4000:]
+    accuracy = float(re.search(r"^test acc: ([0-9.]+)$", output, re.MULTILINE).group(1))
+    assert 0.0 <= accuracy <= 1.0
+    assert all(first.video in n for n in predicted_names(tmp_path / "sid_a", "test"))
+
+    assert site_packages_cache_state() == cache_before
+
+
+def test_the_task_is_read_from_the_checkpoint_a_run_resumes(tmp_path):
+    """`-e FILE`, `-e DIR` (its latest states-*.ckpt) and `-a -p DIR` take the task and expdir stored in
+    the checkpoint, as s3prl's runner does; a new experiment takes `-d` and `-p` / `-n`."""
+    import argparse
+
+    import torch
+
+    from s3prl_star import compat
+    from s3prl_star.downstream import _task_and_expdir
+
+    compat.apply()
+    expdir = tmp_path / "exp"
+    expdir.mkdir()
+    for step, task in ((20, "fluent_commands"), (100, "voxceleb1")):
+        args = argparse.Namespace(downstream=task, expdir=str(expdir))
+        torch.save({"Args": args}, expdir / f"states-{step}.ckpt")
+
+    assert _task_and_expdir(["-m", "evaluate", "-e", str(expdir / "states-20.ckpt")]) == ("fluent_commands", str(expdir))
+    assert _task_and_expdir(["-m", "evaluate", "-e", str(expdir)]) == ("voxceleb1", str(expdir))
+    assert _task_and_expdir(["-m", "train", "-a", "-p", str(expdir), "-d", "asr"]) == ("voxceleb1", str(expdir))
+    assert _task_and_expdir(["-m", "train", "-a", "-p", str(tmp_path / "new"), "-d", "asr"]) == ("asr", str(tmp_path / "new"))
+    assert _task_and_expdir(["-m", "train", "-d", "voxceleb1", "-n", "sid"]) == ("voxceleb1", "result/downstream/sid")
