@@ -1,0 +1,306 @@
+"""The s3prl pretrain expert of STaR distillation (STaR, ICASSP 2024; STAR_SPEC.md sections 2-3).
+
+s3prl's pretrain Runner builds `UpstreamPretrainExpert(datarc, upstream_config, device, multi_gpu)`,
+trains `expert.model` with its own optimiser loop and calls `forward(batch)` for the loss
+(s3prl/pretrain/runner.py). Here:
+- `model` is the StarHubert student (DDP-wrapped under torchrun); the teacher is a frozen s3prl
+  upstream (`s3prl_star.teacher.Teacher`); the loss is `s3prl_star.losses.StarLoss`.
+- Data: whole utterances from s3prl length CSVs in length-sorted buckets (`s3prl_star.data`), read
+  with soundfile in DataLoader workers; each pass the runner makes over the loader is the next epoch.
+- Checkpoints hold `Student` ({"config", "state_dict"}, what `s3prl_star.checkpoint.load_student`
+  reads), the number of batches consumed (data order on resume) and every rank's torch RNG state.
+- Precision: bf16 autocast on CUDA (`precision: bf16` in config_model.yaml), float32 on CPU.
+
+config_model.yaml (`upstream_config`): `student` (a `preset` of `s3prl_star.model.PRESETS` with
+optional field overrides, or every StarHubertConfig field), `teacher` (`name`, `ckpt`,
+`model_config`, `layer_map`), `objective` (StarLossConfig fields), `precision` (bf16 | fp32).
+datarc (config_runner.yaml `pretrain_expert.datarc`): `libri_root`, `file_path` (folder of the
+length CSVs), `sets` (CSV names), `train_batch_size` (per process), `max_length` (samples; longer
+utterances are dropped, null keeps all), `num_workers`. Relative paths are relative to the
+directory `s3prl-star pretrain` runs in.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from s3prl_star.data import LengthBucketBatchSampler, WaveformDataset, collate_waveforms, load_length_csvs
+from s3prl_star.losses import StarLoss, StarLossConfig
+from s3prl_star.model import PRESETS, StarHubert, StarHubertConfig
+from s3prl_star.pretrain import NonFiniteLossError
+from s3prl_star.teacher import Teacher, resolve_layer_map
+
+MODEL_KEYS = {"student", "teacher", "objective", "precision"}
+TEACHER_KEYS = {"name", "ckpt", "model_config", "layer_map"}
+DATARC_KEYS = {"libri_root", "file_path", "sets", "train_batch_size", "max_length", "num_workers"}
+PRECISIONS = ("bf16", "fp32")
+
+
+class UpstreamPretrainExpert(nn.Module):
+    """STaR distillation step for s3prl's pretrain Runner (the methods it asserts, plus `log_records`)."""
+
+    def __init__(self, datarc: dict, upstream_config: str | dict, device: str = "cuda", multi_gpu: bool = False, **kwargs):
+        super().__init__()
+        if multi_gpu:
+            raise ValueError("--multi_gpu (DataParallel) is not supported: launch with torchrun for DDP")
+        self.upstream_config, source = load_model_config(upstream_config)
+        self.datarc = check_keys(datarc, DATARC_KEYS, DATARC_KEYS - {"max_length"}, "pretrain_expert.datarc")
+        self.rank, self.world_size = join_process_group(device)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if self.device.index is None:  # under torchrun each process takes its local GPU
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)  # the runner's later .to("cuda") then lands here too
+        self.autocast = self.upstream_config["precision"] == "bf16" and self.device.type == "cuda"
+
+        self.student = StarHubert(student_config(self.upstream_config["student"], f"{source}: student")).to(self.device)
+        teacher = self.upstream_config["teacher"]
+        self.objective = StarLossConfig.from_dict(self.upstream_config["objective"])
+        self.need_attention = self.objective.attention_weight > 0
+        self.teacher = Teacher.from_s3prl(
+            teacher["name"], ckpt=teacher["ckpt"], model_config=teacher["model_config"], need_attention=self.need_attention
+        ).to(self.device)
+        self.layer_map = resolve_layer_map(self.teacher.num_layers, self.student.config.encoder_layers, teacher["layer_map"])
+        self.loss = StarLoss(self.objective)
+        self.model = self.student
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.student, device_ids=device_ids)
+
+        csvs = [os.path.join(self.datarc["file_path"], f"{name}.csv") for name in self.datarc["sets"]]
+        self.waveforms = WaveformDataset(load_length_csvs(csvs, self.datarc["libri_root"], self.datarc.get("max_length")))
+        # run_pretrain.py seeds torch with --seed before building the expert: the data order follows it
+        buckets = LengthBucketBatchSampler(
+            self.waveforms.lengths, self.datarc["train_batch_size"], world_size=self.world_size, rank=self.rank,
+            shuffle=True, seed=torch.initial_seed(),
+        )
+        self.epochs = EpochSampler(buckets)
+        self.dataloader = DataLoader(
+            BucketBatches(self.waveforms, buckets.batches_per_epoch),
+            batch_size=None,
+            sampler=self.epochs,
+            num_workers=self.datarc["num_workers"],
+            pin_memory=self.device.type == "cuda",
+            # its own generator: creating an iterator then draws no number from torch's global RNG,
+            # whose state (dropout) checkpoints restore
+            generator=torch.Generator().manual_seed(0),
+        )
+        self.recent = deque(maxlen=20)  # (forward start time, global utterances, total loss)
+        parameters = sum(p.numel() for p in self.student.parameters())
+        print(f"[UpstreamPretrainExpert] - student {parameters:,} parameters; teacher {teacher['name']} "
+              f"({self.teacher.num_layers} layers, map {self.layer_map}); rank {self.rank}/{self.world_size}")
+
+    # --- the interface s3prl's Runner asserts -------------------------------------------------------
+
+    def get_train_dataloader(self) -> DataLoader:
+        return self.dataloader
+
+    def load_model(self, init_ckpt: dict) -> None:
+        """Resume: student weights, the data position and every rank's RNG state."""
+        saved = StarHubertConfig.from_dict(init_ckpt["Student"]["config"], source="checkpoint Student.config")
+        if saved != self.student.config:
+            raise ValueError(f"checkpoint student {saved} differs from the configured student {self.student.config}")
+        self.student.load_state_dict(init_ckpt["Student"]["state_dict"])
+        self.epochs.batches_done = init_ckpt["Data"]["batches_done"]
+        rng = init_ckpt["RNG"]
+        if len(rng["torch"]) != self.world_size:
+            raise ValueError(f"checkpoint holds the state of {len(rng['torch'])} processes, this run has {self.world_size}: "
+                             "resume with the same number of processes (the data position is per process)")
+        torch.set_rng_state(rng["torch"][self.rank])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"][self.rank], self.device)
+
+    def add_state_to_save(self, all_states: dict) -> dict:
+        """Called by the runner on every process at the same step, so RNG states can be gathered."""
+        all_states["Student"] = {"config": self.student.config.to_dict(), "state_dict": self.student.state_dict()}
+        all_states["Upstream_Config"] = self.upstream_config
+        all_states["Data"] = {"batches_done": self.epochs.batches_done}
+        all_states["RNG"] = {"torch": self._gather(torch.get_rng_state())}
+        if self.device.type == "cuda":
+            all_states["RNG"]["cuda"] = self._gather(torch.cuda.get_rng_state(self.device))
+        return all_states
+
+    def on_before_zero_grad(self) -> None:
+        """After the runner's clipping and optimiser step: s3prl's runner only prints a NaN gradient
+        norm (and skips the step); NaN or infinite gradients stop the run here instead."""
+        gradients = [p.grad.detach() for p in self.student.parameters() if p.grad is not None]
+        if gradients and not bool(torch.stack([g.abs().max() for g in gradients]).isfinite().all()):
+            raise FloatingPointError(f"non-finite gradients after {self.epochs.batches_done} batches "
+                                     "(see the gradient-norm scalar)")
+
+    def forward(self, data: tuple[Tensor, Tensor], records: dict, global_step: int = 0, **kwargs) -> tuple[Tensor, dict]:
+        """One batch: waveforms (B, S) zero-padded and lengths (B,) -> (loss to backpropagate, records)."""
+        started = time.perf_counter()
+        self.epochs.batches_done += 1
+        waveforms, lengths = (tensor.to(self.device, non_blocking=True) for tensor in data)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            teacher = self.teacher(waveforms, lengths)
+            teacher_done = self.clock()
+            student = self.model(waveforms, lengths, need_attention=self.need_attention)
+            student_done = self.clock()
+        if not torch.equal(teacher.padding_mask, student.padding_mask):
+            raise ValueError(f"teacher and student frame counts differ: {teacher.padding_mask.shape} vs "
+                             f"{student.padding_mask.shape}; both need a 320-sample hop")
+        sums = self.loss.sums(
+            [teacher.hidden_states[index] for index in self.layer_map], student.hidden_states, student.padding_mask,
+            teacher.attentions, student.attentions,
+        )
+        if self.world_size > 1:  # normalise by the global batch's valid pairs (see losses.LossSums)
+            for denominator in sums.denominators.values():
+                dist.all_reduce(denominator)
+        loss, terms = self.loss.combine(sums)
+        loss_done = self.clock()
+
+        summary = torch.stack([*terms.values(), torch.tensor(float(len(lengths)), device=self.device)])
+        if self.world_size > 1:
+            dist.all_reduce(summary)  # terms are numerator / global denominator: their sum is the global term
+        values = dict(zip([*terms, "utterances"], summary.tolist()))
+        if not all(map(math.isfinite, values.values())):
+            raise NonFiniteLossError(
+                f"non-finite loss {values} at step {global_step}", global_step,
+                {"waveforms": waveforms.cpu(), "lengths": lengths.cpu(), "Student": self.student.state_dict()},
+            )
+        self.recent.append((started, values["utterances"], values["total"]))
+        for name in terms:
+            records[f"loss/{name}"].append(values[name])
+        records["time/teacher"].append(teacher_done - started)
+        records["time/student"].append(student_done - teacher_done)
+        records["time/loss"].append(loss_done - student_done)
+        if len(self.recent) > 1:
+            records["utterances_per_second"].append(self.utterances_per_second())
+        # DDP averages gradients over processes; each process's loss is its share of the global loss
+        return loss * self.world_size, records
+
+    def log_records(self, records: dict, logger, prefix: str, global_step: int, **kwargs) -> None:
+        """TensorBoard scalars: the mean of every record since the last log step."""
+        for key, values in records.items():
+            if values:
+                logger.add_scalar(f"{prefix}{key}", sum(values) / len(values), global_step=global_step)
+
+    # --- progress ------------------------------------------------------------------------------------
+
+    def utterances_per_second(self) -> float:
+        """Over the recent steps (all processes): utterances of all but the last / their wall time."""
+        (first, *_), (last, *_) = self.recent[0], self.recent[-1]
+        return sum(utterances for _, utterances, _ in list(self.recent)[:-1]) / max(last - first, 1e-9)
+
+    def progress(self) -> dict[str, str]:
+        """The progress bar's postfix: the last total loss and utterances per second."""
+        if not self.recent:
+            return {}
+        postfix = {"loss": f"{self.recent[-1][2]:.4g}"}
+        if len(self.recent) > 1:
+            postfix["utt/s"] = f"{self.utterances_per_second():.1f}"
+        return postfix
+
+    def clock(self) -> float:
+        """Wall time once the device's queued work is done (CUDA runs asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _gather(self, state: Tensor) -> list[Tensor]:
+        """Every process's copy of `state` (rank order), on the CPU."""
+        if self.world_size == 1:
+            return [state]
+        local = state.to(self.device)
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local)
+        return [tensor.cpu() for tensor in gathered]
+
+
+class BucketBatches(Dataset):
+    """Item `indices` (a bucket from the sampler) -> collated (waveforms (B, S), lengths (B,)).
+
+    Its length is the number of batches per epoch: s3prl's runner computes the steps of a run as
+    n_epochs * len(dataloader.dataset) / accumulation, as its own bucket datasets are lists of batches.
+    """
+
+    def __init__(self, waveforms: WaveformDataset, batches_per_epoch: int):
+        self.waveforms = waveforms
+        self.batches_per_epoch = batches_per_epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __getitem__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        return collate_waveforms([self.waveforms[index] for index in indices])
+
+
+class EpochSampler(Sampler[list[int]]):
+    """The bucket sampler as s3prl's runner consumes it: each pass over the DataLoader starts where
+    `batches_done` (batches the expert has trained on, counted over epochs) ends, so consecutive
+    passes are consecutive epochs and a resumed run continues mid-epoch. (A DataLoader iterator
+    calls `iter()` on its sampler more than once, so nothing may be counted here.)"""
+
+    def __init__(self, buckets: LengthBucketBatchSampler):
+        self.buckets = buckets
+        self.batches_done = 0
+
+    def __len__(self) -> int:
+        return self.buckets.batches_per_epoch
+
+    def __iter__(self):
+        epoch, start = divmod(self.batches_done, self.buckets.batches_per_epoch)
+        self.buckets.set_epoch(epoch)
+        self.buckets.set_start(start)
+        return iter(self.buckets)
+
+
+def join_process_group(device: str) -> tuple[int, int]:
+    """(rank, world size): joins torchrun's process group (NCCL on CUDA, gloo on CPU); (0, 1) alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def load_model_config(upstream_config: str | dict) -> tuple[dict, str]:
+    """config_model.yaml (a path, or the dict a checkpoint saved) checked for its keys, and its name."""
+    if isinstance(upstream_config, dict):
+        config, source = upstream_config, "checkpoint Upstream_Config"
+    else:
+        with open(upstream_config) as file:
+            config, source = yaml.safe_load(file), str(upstream_config)
+    check_keys(config, MODEL_KEYS, MODEL_KEYS, source)
+    check_keys(config["teacher"], TEACHER_KEYS, {"name"}, f"{source}: teacher")
+    if config["precision"] not in PRECISIONS:
+        raise ValueError(f"{source}: precision {config['precision']!r}; expected one of {PRECISIONS}")
+    config["teacher"] = {key: config["teacher"].get(key) for key in TEACHER_KEYS}
+    return config, source
+
+
+def student_config(section: dict, source: str) -> StarHubertConfig:
+    """`{preset: NAME, field: value...}` (a preset with overrides) or every StarHubertConfig field."""
+    if not isinstance(section, dict):
+        raise ValueError(f"{source}: expected a mapping, found {section!r}")
+    fields = dict(section)
+    preset = fields.pop("preset", None)
+    if preset is None:
+        return StarHubertConfig.from_dict(fields, source=source)
+    if preset not in PRESETS:
+        raise ValueError(f"{source}: preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return StarHubertConfig.from_dict({**PRESETS[preset].to_dict(), **fields}, source=source)
+
+
+def check_keys(section: Any, known: set[str], required: set[str], source: str) -> dict:
+    if not isinstance(section, dict):
+        raise ValueError(f"{source}: expected a mapping, found {section!r}")
+    unknown, missing = sorted(set(section) - known), sorted(required - set(section))
+    if unknown or missing:
+        raise ValueError(f"{source}: unknown keys {unknown}, missing keys {missing}; expected {sorted(known)}")
+    return section
+
+

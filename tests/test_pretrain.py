@@ -1,0 +1,271 @@
+"""`s3prl-star pretrain`: a tiny student distilled from a tiny random HuBERT through s3prl's own
+pretrain runner, run as a user runs it (subprocess), plus the shipped configs and the driver's parts.
+
+The helpers here (`TINY_STUDENT`, `write_configs`, `run_pretrain`, `load_checkpoint`, ...) are
+shared with test_distill_ddp.py and test_distill_resume.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import s3prl_star.compat
+from s3prl_star.model import PRESETS, StarHubert, StarHubertConfig
+from s3prl_star.pretrain import resolve_paths, shadow_workdir
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERT_DIR = REPO / "distill" / "star_hubert"
+CLI = [str(Path(sys.executable).parent / "s3prl-star")]  # the console script a user runs
+
+# HuBERT's 320-sample hop with 32 channels. layer_norm extractor with conv biases: every frame is
+# normalised on its own, so a padded batch gives each utterance what it gets alone (the DDP test
+# relies on it); the biases keep LayerNorm away from all-zero frames (digital silence).
+TINY_STUDENT = {
+    "conv_layers": [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2,
+    "extractor_mode": "layer_norm",
+    "conv_bias": True,
+    "encoder_layers": 2,
+    "encoder_embed_dim": 32,
+    "encoder_ffn_embed_dim": 64,
+    "encoder_attention_heads": 2,
+    "conv_pos": 16,
+    "conv_pos_groups": 4,
+}
+
+
+def write_configs(directory: Path, *, teacher: Path, corpus: Path, csv_dir: Path, runner: dict,
+                  datarc: dict, student: dict | None = None) -> tuple[Path, Path]:
+    """config_model.yaml / config_runner.yaml for the tiny student, with the paper's optimiser."""
+    model = {
+        "student": {**TINY_STUDENT, **(student or {})},
+        "teacher": {"name": "hubert_local", "ckpt": str(teacher), "model_config": None, "layer_map": None},
+        "objective": {"layerwise_weight": 1.0, "intra_weight": 1.0, "attention_weight": 0.0},
+        "precision": "bf16",
+    }
+    shipped = yaml.safe_load((EXPERT_DIR / "config_runner.yaml").read_text())
+    run = {
+        "runner": {**shipped["runner"], "max_keep": 100, **runner},
+        "optimizer": shipped["optimizer"],
+        "scheduler": shipped["scheduler"],
+        "pretrain_expert": {"datarc": {
+            "libri_root": str(corpus), "file_path": str(csv_dir), "sets": ["train-clean-100"],
+            "max_length": None, "num_workers": 0, **datarc,
+        }},
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.yaml").write_text(yaml.safe_dump(model))
+    (directory / "runner.yaml").write_text(yaml.safe_dump(run))
+    return directory / "model.yaml", directory / "runner.yaml"
+
+
+def length_csvs(corpus: Path, output: Path) -> Path:
+    """`s3prl-star prepare-librispeech` for train-clean-100, as a user runs it."""
+    if not (output / "train-clean-100.csv").is_file():
+        subprocess.run([*CLI, "prepare-librispeech", str(corpus), "-o", str(output), "--splits", "train-clean-100"],
+                       check=True, capture_output=True)
+    return output
+
+
+def run_pretrain(args: list[str], cwd: Path, launcher: list[str] | None = None, timeout: float = 600):
+    """`s3prl-star pretrain ARGS` (or under `launcher`, e.g. torchrun) on the CPU; fails with its output."""
+    command = (launcher or CLI) + ["pretrain", *args, "--device", "cpu"]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def subprocess_env() -> dict[str, str]:
+    """One torch thread per process: two processes share the 2 cores, and runs compare bit for bit."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def scalars(expdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} from the TensorBoard event files directly in `expdir`."""
+    from tensorboardX.proto import event_pb2
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(expdir.glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return found
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A states-*.ckpt loaded with weights_only (plain data; compat allows s3prl's argparse Namespace)."""
+    s3prl_star.compat.apply()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def student_state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["Student"]["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def csv_dir(mini_librispeech, tmp_path_factory):
+    return length_csvs(mini_librispeech, tmp_path_factory.mktemp("len_for_bucket"))
+
+
+def test_pretrain_distils_a_tiny_student(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path):
+    """12 steps (2 epochs of 6 batches of 4) through s3prl's runner: the STaR loss falls, every scalar
+    is logged, checkpoints hold a loadable student, and `-n` lands under the caller's directory."""
+    model_yaml, runner_yaml = write_configs(
+        tmp_path / "configs", teacher=tiny_hubert_teacher, corpus=mini_librispeech, csv_dir=csv_dir,
+        runner={"n_epochs": 2, "gradient_accumulate_steps": 1, "log_step": 2, "save_step": 6},
+        datarc={"train_batch_size": 4, "num_workers": 1},
+    )
+    result = run_pretrain(["-u", "star_hubert", "-g", "configs/model.yaml", "-c", "configs/runner.yaml", "-n", "tiny"],
+                          cwd=tmp_path)
+    expdir = tmp_path / "result" / "pretrain" / "tiny"
+    assert "utt/s=" in result.stderr and "loss=" in result.stderr
+
+    logged = scalars(expdir)
+    prefix = "star_hubert/train-"
+    for tag in ("loss", "lr", "gradient-norm", "loss/layerwise", "loss/intra", "loss/total",
+                "time/teacher", "time/student", "time/loss", "utterances_per_second"):
+        assert prefix + tag in logged, f"{tag} not logged; found {sorted(logged)}"
+    total = [value for _, value in logged[prefix + "loss/total"]]
+    assert [step for step, _ in logged[prefix + "loss/total"]] == [2, 4, 6, 8, 10, 12]
+    assert sum(total[-2:]) / 2 < 0.85 * total[0], f"STaR loss did not fall: {total}"
+    lr = [value for _, value in logged[prefix + "lr"]]
+    assert lr[0] == pytest.approx(1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 11)).item()), rel=1e-5)
+    assert lr[-1] == pytest.approx(0.0, abs=1e-12)  # cosine to 0 at the last step
+
+    assert sorted(path.name for path in expdir.glob("states-*.ckpt")) == ["states-6.ckpt", "states-epoch-2.ckpt"]
+    checkpoint = load_checkpoint(expdir / "states-epoch-2.ckpt")
+    assert checkpoint["Data"]["batches_done"] == 12
+    config = StarHubertConfig.from_dict(checkpoint["Student"]["config"])
+    assert config == StarHubertConfig.from_dict(TINY_STUDENT)
+    student = StarHubert(config)
+    student.load_state_dict(checkpoint["Student"]["state_dict"])
+    first = student_state(expdir / "states-6.ckpt")
+    assert any(not torch.equal(first[name], value) for name, value in checkpoint["Student"]["state_dict"].items())
+    assert not list(expdir.glob(".*.tmp")), "a temporary checkpoint file was left behind"
+
+
+def test_non_finite_loss_saves_the_batch_and_fails(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path):
+    """A teacher whose last layer outputs NaN: the first step stops the run with the batch saved."""
+    checkpoint = torch.load(tiny_hubert_teacher, map_location="cpu", weights_only=True)
+    checkpoint["model_weight"]["encoder.layers.1.fc2.bias"][0] = float("nan")
+    broken_teacher = tmp_path / "nan_teacher.pt"
+    torch.save(checkpoint, broken_teacher)
+    model_yaml, runner_yaml = write_configs(
+        tmp_path / "configs", teacher=broken_teacher, corpus=mini_librispeech, csv_dir=csv_dir,
+        runner={"n_epochs": -1, "total_steps": 3, "log_step": 1, "save_step": 2}, datarc={"train_batch_size": 4},
+    )
+    command = [*CLI, "pretrain", "-u", "star_hubert", "-g", str(model_yaml), "-c", str(runner_yaml), "-n", "nan",
+               "--device", "cpu"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert result.returncode != 0
+    assert "NonFiniteLossError: non-finite loss" in result.stderr
+    dump = torch.load(tmp_path / "result" / "pretrain" / "nan" / "nonfinite-step-1.pt", weights_only=True)
+    assert dump["waveforms"].shape[0] == dump["lengths"].shape[0] == 4
+    assert "encoder.layers.1.fc2.weight" in dump["Student"]
+    assert not list((tmp_path / "result" / "pretrain" / "nan").glob("states-*.ckpt"))
+
+
+def test_non_finite_gradients_stop_the_run(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path):
+    """s3prl's runner skips a step with a NaN gradient norm after printing it; the expert's
+    on_before_zero_grad (called after every optimiser step) raises instead."""
+    expert_module = _load_expert_module()
+    model_yaml, runner_yaml = write_configs(
+        tmp_path, teacher=tiny_hubert_teacher, corpus=mini_librispeech, csv_dir=csv_dir, runner={},
+        datarc={"train_batch_size": 4},
+    )
+    datarc = yaml.safe_load(runner_yaml.read_text())["pretrain_expert"]["datarc"]
+    expert = expert_module.UpstreamPretrainExpert(datarc, str(model_yaml), "cpu")
+    for parameter in expert.student.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    expert.on_before_zero_grad()
+    parameter.grad[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite gradients"):
+        expert.on_before_zero_grad()
+
+
+def _load_expert_module():
+    spec = importlib.util.spec_from_file_location("star_hubert_expert", EXPERT_DIR / "pretrain_expert.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_s3prl_module(name: str):
+    """s3prl's top-level `optimizers` / `schedulers` module, loaded from its file (no sys.path change)."""
+    import s3prl
+
+    spec = importlib.util.spec_from_file_location(f"s3prl_{name}", Path(s3prl.__file__).parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_runner_configs_give_the_papers_optimiser():
+    """AdamW lr 1e-3, betas (0.9, 0.98), eps 1e-6 through s3prl's get_optimizer; 5 % linear warm-up then
+    cosine to 0 through s3prl's get_scheduler (warm-up as the driver converts it); batch 24 x 2."""
+    optimizers, schedulers = _load_s3prl_module("optimizers"), _load_s3prl_module("schedulers")
+    for name, sets in (("config_runner.yaml", ["train-clean-100"]),
+                       ("config_runner_960h.yaml", ["train-clean-100", "train-clean-360", "train-other-500"])):
+        config = yaml.safe_load((EXPERT_DIR / name).read_text())
+        datarc = config["pretrain_expert"]["datarc"]
+        assert datarc["sets"] == sets
+        assert datarc["train_batch_size"] * config["runner"]["gradient_accumulate_steps"] == 48
+        optimizer = optimizers.get_optimizer([torch.nn.Linear(1, 1)], 1000, config["optimizer"])
+        assert type(optimizer) is torch.optim.AdamW
+        group = optimizer.param_groups[0]
+        assert (group["lr"], tuple(group["betas"]), group["eps"]) == (1e-3, (0.9, 0.98), 1e-6)
+        options = dict(config["scheduler"])
+        options["num_warmup_steps"] = round(options.pop("warmup_proportion") * 1000)
+        scheduler = schedulers.get_scheduler(optimizer, 1000, options)
+        factors = [scheduler.lr_lambdas[0](step) for step in (0, 25, 50, 525, 1000)]
+        assert factors == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0], abs=1e-12)
+
+
+def test_shipped_model_config_is_the_star_hubert_preset():
+    expert = _load_expert_module()
+    config, _ = expert.load_model_config(str(EXPERT_DIR / "config_model.yaml"))
+    assert expert.student_config(config["student"], "student") == PRESETS["star_hubert"]
+    assert config["teacher"]["name"] == "hubert_base" and config["precision"] == "bf16"
+
+    overridden = expert.student_config({"preset": "star_hubert", "dropout": 0.0}, "student")
+    assert overridden.dropout == 0.0 and overridden.encoder_embed_dim == 432
+    with pytest.raises(ValueError, match="preset 'star_hubert_xxl'"):
+        expert.student_config({"preset": "star_hubert_xxl"}, "student")
+    with pytest.raises(ValueError, match="unknown StarHubertConfig field"):
+        expert.student_config({"preset": "star_hubert", "dropuot": 0.0}, "student")
+    with pytest.raises(ValueError, match=r"m\.yaml: unknown keys \['objectve'\], missing keys \['objective'\]"):
+        bad = {**config, "objectve": config["objective"]}
+        del bad["objective"]
+        expert.check_keys(bad, expert.MODEL_KEYS, expert.MODEL_KEYS, "m.yaml")
+
+
+def test_resolve_paths_makes_run_pretrain_paths_absolute(tmp_path):
+    argv = ["-u", "star_hubert", "-g", "m.yaml", "--config=r.yaml", "-n", "exp", "-o", "config.runner.log_step=5"]
+    assert resolve_paths(argv, tmp_path) == [
+        "-u", "star_hubert", "-g", str(tmp_path / "m.yaml"), "--config", str(tmp_path / "r.yaml"),
+        "-n", "exp", "-o", "config.runner.log_step=5", "-p", str(tmp_path / "result" / "pretrain" / "exp"),
+    ]
+    assert resolve_paths(["-a", "-n", "exp", "-p", "out"], tmp_path) == ["-a", "-n", "exp", "-p", str(tmp_path / "out")]
+
+
+def test_shadow_workdir_mirrors_s3prl_with_the_expert(tmp_path):
+    import s3prl
+
+    s3prl_dir = Path(s3prl.__file__).parent
+    workdir = shadow_workdir(s3prl_dir, EXPERT_DIR, tmp_path)
+    assert (workdir / "run_pretrain.py").resolve() == (s3prl_dir / "run_pretrain.py").resolve()
+    assert (workdir / "pretrain" / "star_hubert").resolve() == EXPERT_DIR.resolve()
+    assert (workdir / "pretrain" / "runner.py").resolve() == (s3prl_dir / "pretrain" / "runner.py").resolve()
+    assert shadow_workdir(s3prl_dir, EXPERT_DIR, tmp_path) == workdir
+    assert [path.name for path in tmp_path.iterdir()] == [workdir.name]
