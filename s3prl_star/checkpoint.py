@@ -11,12 +11,11 @@ Every file is read with `torch.load(weights_only=True)`: no arbitrary pickle run
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from s3prl_star.atomic import save_atomic
 from s3prl_star.model import StarHubert, StarHubertConfig
 
 # Released Lightning key rules, applied in order; each maps a source prefix to a student prefix.
@@ -45,20 +44,6 @@ def read_checkpoint(path) -> dict:
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path}: expected a dict, found {type(state).__name__}")
     return state
-
-
-def save_atomic(obj, path) -> None:
-    """`torch.save` to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_student(path, model: StarHubert) -> None:

@@ -30,6 +30,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
+from s3prl_star.atomic import write_atomically
+
 SAMPLE_RATE = 16000
 CSV_HEADER = ["", "file_path", "length", "label"]
 # Frames read back from the end of each file: a truncated FLAC fails here although
@@ -138,14 +140,15 @@ def scan_split(root: Path, split: str) -> tuple[list[Utterance], list[BadFile]]:
 def write_length_csv(path: Path, utterances: Sequence[Utterance]) -> None:
     """s3prl's length CSV, longest first (ties by path), written atomically."""
     ordered = sorted(utterances, key=lambda u: (-u.length, u.file_path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", newline="") as file:
-        writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
-        for index, utterance in enumerate(ordered):
-            writer.writerow([index, utterance.file_path, utterance.length, utterance.transcript])
-    os.replace(temporary, path)
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", newline="") as file:
+            writer = csv.writer(file, lineterminator="\n")
+            writer.writerow(CSV_HEADER)
+            for index, utterance in enumerate(ordered):
+                writer.writerow([index, utterance.file_path, utterance.length, utterance.transcript])
+
+    write_atomically(path, write)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -7,14 +7,13 @@ pre-transformer feature first under `--include-feature`) and `frame_lengths` (B,
 frames. Batch and sample axes are dynamic. The model is traced in eval mode (dropout off).
 """
 import argparse
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from s3prl_star.atomic import write_atomically
 from s3prl_star.model import StarHubert
 
 FORMATS = ("torchscript", "onnx")
@@ -48,19 +47,6 @@ def example_inputs(seconds: Tuple[float, float] = (1.0, 0.6), sample_rate: int =
     return waveforms, lengths
 
 
-def _write_atomically(path: Path, write) -> None:
-    """`write(temp_path)` into the output folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-
-
 def export(model: StarHubert, path: Path, format: str, include_feature: bool = False) -> Path:
     """Trace `model` (set to eval) and write it to `path` as TorchScript or ONNX."""
     if format not in FORMATS:
@@ -71,9 +57,9 @@ def export(model: StarHubert, path: Path, format: str, include_feature: bool = F
     with torch.no_grad():
         if format == "torchscript":
             traced = torch.jit.trace(module, inputs)
-            _write_atomically(path, lambda temp: torch.jit.save(traced, temp))
+            write_atomically(path, lambda temp: torch.jit.save(traced, temp))
         else:
-            _write_atomically(path, lambda temp: torch.onnx.export(
+            write_atomically(path, lambda temp: torch.onnx.export(
                 module, inputs, temp,
                 dynamo=False,
                 input_names=INPUT_NAMES,

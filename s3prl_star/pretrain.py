@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from s3prl_star.atomic import save_atomic
+
 EXPERT_NAME = "star_hubert"
 PATH_FLAGS = ("-e", "--past_exp", "-c", "--config", "-g", "--upstream_config", "-p", "--expdir")
 NAME_FLAGS = ("-n", "--expname")
@@ -51,17 +53,6 @@ def torchrun_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a killed writer leaves no partial file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as file:
-        torch.save(obj, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
 class RunnerTorch(types.ModuleType):
     """`torch` as s3prl's runner module sees it: its one `torch.save`, the checkpoint, becomes an
     atomic write on rank 0 only (the runner saves on every process and in place)."""
@@ -75,7 +66,7 @@ class RunnerTorch(types.ModuleType):
 
     def save(self, obj: Any, path: str) -> None:
         if self.rank == 0:
-            atomic_save(obj, path)
+            save_atomic(obj, path)
 
 
 class ProgressBar(tqdm):
@@ -158,7 +149,7 @@ class StarRunnerMixin:
         except NonFiniteLossError as error:
             path = os.path.join(self.args.expdir, f"nonfinite-step-{error.step}.pt")
             os.makedirs(self.args.expdir, exist_ok=True)
-            atomic_save(error.dump, path)
+            save_atomic(error.dump, path)
             print(f"[Runner] - non-finite loss at step {error.step}: batch and student saved to {path}", file=sys.stderr)
             raise
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
+
+from s3prl_star.atomic import save_atomic
 
 TeacherKind = Literal["hubert", "wav2vec2", "wavlm"]
 TEACHER_KINDS: tuple[str, ...] = ("hubert", "wav2vec2", "wavlm")
@@ -104,7 +105,7 @@ def save_random_teacher(
         torch.manual_seed(seed)
         checkpoint = builders[kind](architecture, normalize)
     path = Path(path)
-    _atomic_torch_save(checkpoint, path)
+    save_atomic(checkpoint, path)
     return path
 
 
@@ -152,15 +153,3 @@ def _wavlm_checkpoint(architecture: dict, normalize: bool) -> dict:
     )
     model = WavLM(WavLMConfig(cfg))
     return {"cfg": cfg, "model": model.state_dict()}
-
-
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
