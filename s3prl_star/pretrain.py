@@ -196,7 +196,8 @@ def shadow_workdir(s3prl_dir: Path, expert: Path, cache: Path) -> Path:
 
 def resolve_paths(argv: Sequence[str], cwd: Path) -> list[str]:
     """run_pretrain.py's argv with path values absolute against `cwd`; `-n NAME` without `-p`
-    also gets `-p cwd/result/pretrain/NAME` (s3prl's default, relative to the caller)."""
+    also gets `-p cwd/result/pretrain/NAME` (s3prl's default, relative to the caller), and `-p DIR`
+    without `-n` gets the folder's name as `-n`."""
     resolved, expname, has_expdir = [], None, False
     tokens = list(argv)
     index = 0
@@ -220,6 +221,8 @@ def resolve_paths(argv: Sequence[str], cwd: Path) -> list[str]:
         index += 1
     if expname is not None and not has_expdir:
         resolved += ["-p", str(cwd / "result" / "pretrain" / expname)]
+    if expname is None and has_expdir:  # run_pretrain.py asserts a name even when -p names the folder
+        resolved += ["-n", Path(resolved[resolved.index("-p" if "-p" in resolved else "--expdir") + 1]).name]
     return resolved
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: generated speech and random-initialised teachers, made once per test session.
+"""Shared fixtures: generated speech, random-initialised teachers and a tiny random student, made
+once per test session.
 
 Nothing is downloaded: the corpus is espeak-ng speech in LibriSpeech layout and the teachers are
 random weights saved in the checkpoint formats s3prl's `*_local` upstreams read.
@@ -24,3 +25,27 @@ def tiny_hubert_teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp("teachers") / "tiny_hubert.pt"
     save_random_teacher("hubert", path, layers=2, embed_dim=64, ffn_dim=128, heads=4, seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory):
+    """(path, model): a random star_hubert of shape `helpers.TINY_STUDENT` (torch seed 0, eval mode) and
+    the file `save_student` wrote for it; the model is the reference that file must reproduce."""
+    import torch
+
+    from helpers import TINY_STUDENT
+    from s3prl_star.checkpoint import save_student
+    from s3prl_star.model import build_preset
+
+    with torch.random.fork_rng():  # the seed does not leak into the tests that run after
+        torch.manual_seed(0)
+        model = build_preset("star_hubert", **TINY_STUDENT).eval()
+    path = tmp_path_factory.mktemp("student") / "tiny_star_hubert.pt"
+    save_student(path, model)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def tiny_student_checkpoint(tiny_student):
+    """Path of the `tiny_student` file, as `-k` / `s3prl-star export` take it."""
+    return tiny_student[0]

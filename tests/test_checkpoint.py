@@ -5,24 +5,17 @@ import pytest
 import torch
 import yaml
 
+from helpers import TINY_CONFIG
 from s3prl_star.checkpoint import load_student, save_student
-from s3prl_star.model import StarHubert, StarHubertConfig
+from s3prl_star.model import StarHubert
 
-TINY = StarHubertConfig(
-    conv_layers=((32, 10, 5), (32, 1, 1)) + ((32, 3, 2),) * 4 + ((48, 1, 1), (48, 2, 2), (48, 2, 2)),
-    encoder_layers=2,
-    encoder_embed_dim=48,
-    encoder_ffn_embed_dim=96,
-    encoder_attention_heads=4,
-    conv_pos=16,
-    conv_pos_groups=4,
-)
+# TINY_CONFIG as the released yaml's `distiller:` section writes it.
 DISTILLER_YAML = {
     "distiller": {
         "conv_feature_layers": "[(32,10,5)] + [(32,1,1)] + [(32,3,2)]*4 + [(48,1,1)] + [(48,2,2)]*2",
         "extractor_mode": "default",
         "conv_bias": False,
-        "encoder_layers": 2,
+        "encoder_layers": 3,
         "encoder_embed_dim": 48,
         "encoder_ffn_embed_dim": 96,
         "encoder_attention_heads": 4,
@@ -60,7 +53,7 @@ def released_checkpoint(student: StarHubert, with_hyper_parameters: bool) -> dic
 @pytest.mark.parametrize("with_yaml", [True, False])
 def test_released_lightning_checkpoint_loads_strictly(tmp_path, with_yaml):
     torch.manual_seed(0)
-    student = StarHubert(TINY)
+    student = StarHubert(TINY_CONFIG)
     assert "encoder.pos_conv.0.weight_g" in student.state_dict()
     assert student.state_dict()["encoder.pos_conv.0.weight_g"].shape == (1, 1, 16)
     path = tmp_path / "star.ckpt"
@@ -77,7 +70,7 @@ def test_released_lightning_checkpoint_loads_strictly(tmp_path, with_yaml):
 
 def test_parametrized_weight_norm_names_are_accepted(tmp_path):
     torch.manual_seed(0)
-    student = StarHubert(TINY)
+    student = StarHubert(TINY_CONFIG)
     checkpoint = released_checkpoint(student, with_hyper_parameters=True)
     for old, new in (("weight_g", "original0"), ("weight_v", "original1")):
         value = checkpoint["state_dict"].pop(f"student_model.encoder.pos_conv.0.{old}")
@@ -88,13 +81,13 @@ def test_parametrized_weight_norm_names_are_accepted(tmp_path):
 
 
 def test_released_checkpoint_without_any_config_names_the_option(tmp_path):
-    torch.save(released_checkpoint(StarHubert(TINY), with_hyper_parameters=False), tmp_path / "a.ckpt")
+    torch.save(released_checkpoint(StarHubert(TINY_CONFIG), with_hyper_parameters=False), tmp_path / "a.ckpt")
     with pytest.raises(ValueError, match="a.ckpt.*-g"):
         load_student(tmp_path / "a.ckpt")
 
 
 def test_mismatched_checkpoints_name_keys_and_shapes(tmp_path):
-    student = StarHubert(TINY)
+    student = StarHubert(TINY_CONFIG)
     checkpoint = released_checkpoint(student, with_hyper_parameters=True)
     del checkpoint["state_dict"]["student_model.encoder.layers.1.fc2.bias"]
     checkpoint["state_dict"]["student_model.encoder.layers.0.fc1.weight"] = torch.randn(97, 48)
@@ -116,7 +109,7 @@ def test_mismatched_checkpoints_name_keys_and_shapes(tmp_path):
 
 
 def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
-    save_student(tmp_path / "student.pt", StarHubert(TINY))
+    save_student(tmp_path / "student.pt", StarHubert(TINY_CONFIG))
     data = (tmp_path / "student.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated.pt"):
@@ -140,11 +133,11 @@ def test_arbitrary_pickles_are_refused(tmp_path):
 
 def test_student_file_and_distiller_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    student = StarHubert(TINY)
+    student = StarHubert(TINY_CONFIG)
     save_student(tmp_path / "student.pt", student)
     assert [p.name for p in tmp_path.iterdir()] == ["student.pt"]  # no temporary file left
     states = {
-        "Student": {"config": TINY.to_dict(), "state_dict": student.state_dict()},
+        "Student": {"config": TINY_CONFIG.to_dict(), "state_dict": student.state_dict()},
         "Step": 10,
         "Args": argparse.Namespace(upstream="star_hubert"),
         "Config": {"runner": {"total_steps": 10}},
@@ -154,5 +147,5 @@ def test_student_file_and_distiller_checkpoint_round_trip(tmp_path):
     direct = hidden_states(student, waveforms, lengths)
     for path in ("student.pt", "states-10.ckpt"):
         loaded = load_student(tmp_path / path)
-        assert loaded.config == TINY
+        assert loaded.config == TINY_CONFIG
         assert all(torch.equal(a, b) for a, b in zip(hidden_states(loaded, waveforms, lengths), direct))

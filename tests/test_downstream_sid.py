@@ -9,30 +9,13 @@ Only step counts, batch sizes and workers are overridden (-o), to fit CI.
 """
 import random
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "downstream_recipes" / "voxceleb1" / "config.yaml"
-CLI = [str(Path(sys.executable).parent / "s3prl-star")]
+from helpers import STEPS, assert_dev_and_test_logged, run_downstream, train_args
 
-# Same tiny 12-layer student as tests/test_downstream_tasks.py: a step takes well under a second on CPU.
-TINY_STUDENT = dict(
-    conv_layers=((32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 2, 2), (32, 2, 2)),
-    encoder_layers=12, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
-    conv_pos=16, conv_pos_groups=4,
-)
-STEPS = 4
-OVERRIDES = (
-    f"config.runner.total_steps={STEPS},,config.runner.log_step=2,,config.runner.eval_step={STEPS},,"
-    f"config.runner.save_step={STEPS},,config.runner.gradient_accumulate_steps=1,,"
-    "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=4"
-)
 SPLIT_IDS = {"train": 1, "dev": 2, "test": 3}
 
 
@@ -68,19 +51,6 @@ def make_voxceleb1(root: Path, voices: tuple, per_speaker: dict, video: str, see
     return SidCorpus(root, split_list, counts, video)
 
 
-@pytest.fixture(scope="module")
-def student_checkpoint(tmp_path_factory):
-    import torch
-
-    from s3prl_star.checkpoint import save_student
-    from s3prl_star.model import build_preset
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("student") / "tiny_star_hubert.pt"
-    save_student(path, build_preset("star_hubert", **TINY_STUDENT))
-    return path
-
-
 def site_packages_cache_state():
     """(name, mtime) of every file in s3prl's own SID cache folder, or None when it does not exist."""
     import s3prl
@@ -91,15 +61,6 @@ def site_packages_cache_state():
     return sorted((path.name, path.stat().st_mtime_ns) for path in cache.iterdir())
 
 
-def run_downstream(args) -> str:
-    result = subprocess.run(
-        CLI + ["downstream", *args, "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
-
-
 def listed_counts(output: str) -> list[int]:
     """The file counts s3prl's SpeakerClassifiDataset reports, in construction order (train, dev, test)."""
     return [int(count) for count in re.findall(r"\[SpeakerClassifiDataset\] - there are (\d+) files found", output)]
@@ -107,20 +68,18 @@ def listed_counts(output: str) -> list[int]:
 
 def train(corpus: SidCorpus, expdir: Path, student_checkpoint: Path) -> str:
     overrides = (
-        f"{OVERRIDES},,config.downstream_expert.datarc.file_path={corpus.root},,"
+        "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=4,,"
+        f"config.downstream_expert.datarc.file_path={corpus.root},,"
         f"config.downstream_expert.datarc.meta_data={corpus.split_list}"
     )
-    return run_downstream(
-        ["-m", "train", "-u", "star_hubert", "-k", str(student_checkpoint), "-d", "voxceleb1",
-         "-c", str(CONFIG), "-p", str(expdir), "-o", overrides]
-    )
+    return run_downstream(train_args("voxceleb1", student_checkpoint, expdir, overrides), r"Take a list of 12 features")
 
 
 def predicted_names(expdir: Path, split: str) -> list[str]:
     return [line.split(" ")[0] for line in (expdir / f"{split}_truth.txt").read_text().splitlines()]
 
 
-def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, student_checkpoint):
+def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_student_checkpoint):
     cache_before = site_packages_cache_state()
     first = make_voxceleb1(tmp_path / "vox_a", ("en-us", "en-us+m1", "en-us+f2"),
                            {"train": 2, "dev": 1, "test": 1}, video="videoA", seed=1)
@@ -129,18 +88,17 @@ def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, studen
     assert [first.counts[s] for s in SPLIT_IDS] != [second.counts[s] for s in SPLIT_IDS]
 
     for corpus, name in ((first, "sid_a"), (second, "sid_b")):
-        output = train(corpus, tmp_path / name, student_checkpoint)
+        output = train(corpus, tmp_path / name, tiny_student_checkpoint)
         assert "Loading file paths from" not in output, output[-4000:]
         assert listed_counts(output) == [corpus.counts[s] for s in SPLIT_IDS], output[-4000:]
-        log = (tmp_path / name / "log.log").read_text()
-        assert f"dev at step {STEPS}:" in log and f"test at step {STEPS}:" in log, log
+        assert_dev_and_test_logged(tmp_path / name)
         # The test predictions cover exactly this corpus' test files.
         names = predicted_names(tmp_path / name, "test")
         assert len(names) == corpus.counts["test"] and all(corpus.video in n for n in names), names
 
     # A fresh process rebuilds the first experiment from its checkpoint: its lists, not the second's.
     checkpoint = tmp_path / "sid_a" / f"states-{STEPS}.ckpt"
-    output = run_downstream(["-m", "evaluate", "-e", str(checkpoint)])
+    output = run_downstream(["-m", "evaluate", "-e", str(checkpoint)], r"^test acc: [0-9.]+$")
     assert listed_counts(output) == [first.counts[s] for s in SPLIT_IDS], output[-4000:]
     accuracy = float(re.search(r"^test acc: ([0-9.]+)$", output, re.MULTILINE).group(1))
     assert 0.0 <= accuracy <= 1.0

@@ -1,31 +1,13 @@
 """`s3prl-star export`: the TorchScript and ONNX graphs give the eager model's hidden states."""
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-TINY_STUDENT = dict(
-    conv_layers=((32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 2, 2), (32, 2, 2)),
-    encoder_layers=12, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
-    conv_pos=16, conv_pos_groups=4,
-)
+from helpers import CLI
+
 # Two batches whose sample counts differ from each other and from the tracing example (1 s, 0.6 s).
 BATCHES = ((24000, 9000), (7000, 13000, 4800))
-CLI = str(Path(sys.executable).parent / "s3prl-star")
-
-
-@pytest.fixture(scope="module")
-def student_checkpoint(tmp_path_factory):
-    from s3prl_star.checkpoint import save_student
-    from s3prl_star.model import build_preset
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("student") / "tiny_star_hubert.pt"
-    save_student(path, build_preset("star_hubert", **TINY_STUDENT))
-    return path
 
 
 def padded_batch(lengths):
@@ -36,31 +18,31 @@ def padded_batch(lengths):
     return waveforms, lengths
 
 
-def eager(student_checkpoint, waveforms, lengths):
+def eager(checkpoint, waveforms, lengths):
     from s3prl_star.checkpoint import load_student
 
-    model = load_student(student_checkpoint)
+    model = load_student(checkpoint)
     with torch.no_grad():
         output = model(waveforms, lengths)
     return torch.stack(output.hidden_states[1:]).numpy(), (~output.padding_mask).sum(1).numpy()
 
 
-def export(student_checkpoint, format, output):
+def export(checkpoint, format, output):
     result = subprocess.run(
-        [CLI, "export", str(student_checkpoint), "--format", format, "-o", str(output)],
+        [CLI, "export", str(checkpoint), "--format", format, "-o", str(output)],
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert output.is_file()
 
 
-def test_torchscript_matches_eager(student_checkpoint, tmp_path):
+def test_torchscript_matches_eager(tiny_student_checkpoint, tmp_path):
     path = tmp_path / "star_hubert.pt"
-    export(student_checkpoint, "torchscript", path)
+    export(tiny_student_checkpoint, "torchscript", path)
     scripted = torch.jit.load(str(path))
     for lengths in BATCHES:
         waveforms, lengths = padded_batch(lengths)
-        expected, expected_frames = eager(student_checkpoint, waveforms, lengths)
+        expected, expected_frames = eager(tiny_student_checkpoint, waveforms, lengths)
         with torch.no_grad():
             hidden_states, frame_lengths = scripted(waveforms, lengths)
         assert hidden_states.shape == expected.shape and expected.shape[:2] == (12, len(lengths))
@@ -68,25 +50,25 @@ def test_torchscript_matches_eager(student_checkpoint, tmp_path):
         assert frame_lengths.tolist() == expected_frames.tolist()
 
 
-def test_onnx_matches_eager(student_checkpoint, tmp_path):
+def test_onnx_matches_eager(tiny_student_checkpoint, tmp_path):
     import onnxruntime
 
     path = tmp_path / "star_hubert.onnx"
-    export(student_checkpoint, "onnx", path)
+    export(tiny_student_checkpoint, "onnx", path)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["waveforms", "lengths"]
     for lengths in BATCHES:
         waveforms, lengths = padded_batch(lengths)
-        expected, expected_frames = eager(student_checkpoint, waveforms, lengths)
+        expected, expected_frames = eager(tiny_student_checkpoint, waveforms, lengths)
         hidden_states, frame_lengths = session.run(None, {"waveforms": waveforms.numpy(), "lengths": lengths.numpy()})
         assert hidden_states.shape == expected.shape
         assert np.abs(hidden_states - expected).max() <= 1e-4
         assert frame_lengths.tolist() == expected_frames.tolist()
 
 
-def test_unknown_format_is_refused(student_checkpoint, tmp_path):
+def test_unknown_format_is_refused(tiny_student_checkpoint, tmp_path):
     result = subprocess.run(
-        [CLI, "export", str(student_checkpoint), "--format", "tflite", "-o", str(tmp_path / "x")],
+        [CLI, "export", str(tiny_student_checkpoint), "--format", "tflite", "-o", str(tmp_path / "x")],
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "--format" in result.stderr

@@ -2,26 +2,6 @@
 import pytest
 import torch
 
-TINY_STUDENT = dict(
-    conv_layers=((32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 2, 2), (32, 2, 2)),
-    encoder_layers=12, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
-    conv_pos=16, conv_pos_groups=4,
-)
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    """(path, model): a tiny random 12-layer student saved with save_student, and the same model."""
-    from s3prl_star.checkpoint import save_student
-    from s3prl_star.model import build_preset
-
-    torch.manual_seed(0)
-    model = build_preset("star_hubert", **TINY_STUDENT).eval()
-    path = tmp_path_factory.mktemp("student") / "tiny_star_hubert.pt"
-    save_student(path, model)
-    return path, model
-
-
 @pytest.fixture(scope="module")
 def hub():
     import s3prl_star
@@ -43,11 +23,10 @@ def test_register_is_idempotent_and_lists_the_names(hub):
     assert set(star_hub.ENTRY_NAMES) <= set(hub.options())
 
 
-def test_s3prl_upstream_forward_shapes(hub, student):
+def test_s3prl_upstream_forward_shapes(hub, tiny_student_checkpoint):
     from s3prl.nn import S3PRLUpstream
 
-    path, _ = student
-    upstream = S3PRLUpstream("star_hubert_local", str(path)).eval()
+    upstream = S3PRLUpstream("star_hubert_local", str(tiny_student_checkpoint)).eval()
     lengths = torch.tensor([16000, 11200])
     waveforms = torch.randn(2, 16000)
     with torch.no_grad():
@@ -58,8 +37,8 @@ def test_s3prl_upstream_forward_shapes(hub, student):
         assert hs_len.tolist() == [50, 35]
 
 
-def test_hidden_states_are_the_layer_outputs_and_the_option_adds_the_feature(hub, student):
-    path, model = student
+def test_hidden_states_are_the_layer_outputs_and_the_option_adds_the_feature(hub, tiny_student):
+    path, model = tiny_student
     wavs = [torch.randn(16000), torch.randn(9000)]
     with torch.no_grad():
         reference = model.forward_list(wavs).hidden_states
@@ -72,11 +51,11 @@ def test_hidden_states_are_the_layer_outputs_and_the_option_adds_the_feature(hub
     assert hub.star_hubert_local(str(path)).get_downsample_rates("hidden_states") == 320
 
 
-def test_url_entry_downloads_into_s3prls_cache(hub, student, tmp_path, monkeypatch):
+def test_url_entry_downloads_into_s3prls_cache(hub, tiny_student_checkpoint, tmp_path, monkeypatch):
     import s3prl.util.download
 
     monkeypatch.setattr(s3prl.util.download, "_download_dir", tmp_path / "cache")
-    path, _ = student
+    path = tiny_student_checkpoint
     upstream = hub.star_hubert_url(ckpt=path.resolve().as_uri(), refresh=False)
     assert len(list((tmp_path / "cache").glob(f"*.{path.name}"))) == 1
     assert len(upstream([torch.randn(4000)])["hidden_states"]) == 12

@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import TINY_CONFIG
 from s3prl_star.model import (
     PRESETS,
     StarHubert,
@@ -11,16 +12,6 @@ from s3prl_star.model import (
     build_preset,
     parse_conv_layers,
     star_conv_layers,
-)
-
-TINY = StarHubertConfig(
-    conv_layers=((32, 10, 5), (32, 1, 1)) + ((32, 3, 2),) * 4 + ((48, 1, 1), (48, 2, 2), (48, 2, 2)),
-    encoder_layers=3,
-    encoder_embed_dim=48,
-    encoder_ffn_embed_dim=96,
-    encoder_attention_heads=4,
-    conv_pos=16,
-    conv_pos_groups=4,
 )
 
 
@@ -78,7 +69,9 @@ def s3prl_layer_states(model, waveforms, lengths):
     return [state.transpose(0, 1)[:, :frames] for state in captured], padding_mask
 
 
-@pytest.mark.parametrize("config", [TINY, dataclasses.replace(TINY, layer_norm_first=True, extractor_mode="layer_norm")])
+@pytest.mark.parametrize(
+    "config", [TINY_CONFIG, dataclasses.replace(TINY_CONFIG, layer_norm_first=True, extractor_mode="layer_norm")]
+)
 def test_equivalent_to_s3prl_hubert_on_a_padded_batch(config):
     torch.manual_seed(0)
     reference = s3prl_hubert(config)
@@ -107,7 +100,7 @@ def test_equivalent_to_s3prl_hubert_on_a_padded_batch(config):
 def test_padded_batch_equals_one_by_one_without_group_norm():
     """With per-frame LayerNorm in the extractor nothing crosses utterances: padding must not leak."""
     torch.manual_seed(0)
-    model = StarHubert(dataclasses.replace(TINY, extractor_mode="layer_norm")).eval()
+    model = StarHubert(dataclasses.replace(TINY_CONFIG, extractor_mode="layer_norm")).eval()
     wavs = [torch.randn(n) for n in (16000, 9001, 4000)]
     with torch.no_grad():
         batch = model.forward_list(wavs, need_attention=True)
@@ -123,13 +116,13 @@ def test_padded_batch_equals_one_by_one_without_group_norm():
 
 def test_explicit_attention_path_matches_fused_and_returns_maps():
     torch.manual_seed(0)
-    model = StarHubert(TINY).eval()
+    model = StarHubert(TINY_CONFIG).eval()
     waveforms, lengths = torch.randn(2, 8000), torch.tensor([8000, 5000])
     with torch.no_grad():
         fused = model(waveforms, lengths)
         explicit = model(waveforms, lengths, need_attention=True)
     assert fused.attentions is None
-    assert len(explicit.attentions) == TINY.encoder_layers
+    assert len(explicit.attentions) == TINY_CONFIG.encoder_layers
     frames = fused.padding_mask.size(1)
     assert explicit.attentions[0].shape == (2, frames, frames)
     assert torch.allclose(explicit.attentions[0].sum(-1), torch.ones(2, frames))
@@ -158,7 +151,7 @@ def test_frame_rate_is_20_ms():
 )
 def test_bad_input_is_a_clear_error(waveforms, lengths, match):
     with pytest.raises(ValueError, match=match):
-        StarHubert(TINY)(waveforms, lengths)
+        StarHubert(TINY_CONFIG)(waveforms, lengths)
 
 
 def test_config_round_trip_and_errors():

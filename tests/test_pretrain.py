@@ -257,6 +257,8 @@ def test_resolve_paths_makes_run_pretrain_paths_absolute(tmp_path):
         "-n", "exp", "-o", "config.runner.log_step=5", "-p", str(tmp_path / "result" / "pretrain" / "exp"),
     ]
     assert resolve_paths(["-a", "-n", "exp", "-p", "out"], tmp_path) == ["-a", "-n", "exp", "-p", str(tmp_path / "out")]
+    # run_pretrain.py asserts -n even when -p names the folder: its name stands in
+    assert resolve_paths(["-p", "runs/star"], tmp_path) == ["-p", str(tmp_path / "runs" / "star"), "-n", "star"]
 
 
 def test_shadow_workdir_mirrors_s3prl_with_the_expert(tmp_path):

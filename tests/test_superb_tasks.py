@@ -14,7 +14,6 @@ checked). Only step counts, batch sizes and workers are overridden (-o), to fit 
 import hashlib
 import json
 import random
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +24,8 @@ import soundfile as sf
 import torch
 import yaml
 
+from helpers import RECIPES, downstream_output, run_downstream, train_args, train_then_evaluate
 from s3prl_star.synthetic import SAMPLE_RATE, _require_tools, make_sentence, synthesise
-
-REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "downstream_recipes"
 
 # task -> (recipe folder, s3prl -d name, s3prl's default SUPERB learning rate)
 TASKS = {
@@ -123,25 +120,7 @@ def test_ctc_recipes_need_the_corpus_module_pypi_s3prl_lacks(task):
 
 # --- slow: the recipes train and evaluate on espeak-ng data in each corpus' layout -------------
 
-TINY_STUDENT = dict(
-    conv_layers=((32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 2, 2), (32, 2, 2)),
-    encoder_layers=12, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
-    conv_pos=16, conv_pos_groups=4,
-)
-STEPS = 4
-CLI = [str(Path(sys.executable).parent / "s3prl-star")]
 VOICES = ("en-us", "en-us+m1", "en-us+f2", "en+m3", "en-us+f4")
-
-
-@pytest.fixture(scope="module")
-def student_checkpoint(tmp_path_factory):
-    from s3prl_star.checkpoint import save_student
-    from s3prl_star.model import build_preset
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("student") / "tiny_star_hubert.pt"
-    save_student(path, build_preset("star_hubert", **TINY_STUDENT))
-    return path
 
 
 def speak(path: Path, text: str, voice: str):
@@ -150,27 +129,6 @@ def speak(path: Path, text: str, voice: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, samples, SAMPLE_RATE, subtype="PCM_16")
     return samples
-
-
-def run_downstream(args, expected_line: str) -> str:
-    """Run `s3prl-star downstream ARGS` from the repository root; returns stdout+stderr."""
-    result = subprocess.run(
-        CLI + ["downstream", *args, "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert re.search(expected_line, output, re.MULTILINE), f"no line matching {expected_line!r} in:\n{output[-4000:]}"
-    return output
-
-
-def train_args(task: str, student_checkpoint: Path, expdir: Path, overrides: str) -> list:
-    folder, downstream, _ = TASKS[task]
-    fast = (
-        f"config.runner.total_steps={STEPS},,config.runner.log_step=2,,config.runner.eval_step={STEPS},,"
-        f"config.runner.save_step={STEPS},,config.runner.gradient_accumulate_steps=1"
-    )
-    return ["-m", "train", "-u", "star_hubert", "-k", str(student_checkpoint), "-d", downstream,
-            "-c", str(RECIPES / folder / "config.yaml"), "-p", str(expdir), "-o", f"{fast},,{overrides}"]
 
 
 def speech_commands_speaker(validation: bool, start: int = 0) -> str:
@@ -205,17 +163,15 @@ def make_speech_commands(root: Path) -> tuple:
 
 
 @pytest.mark.slow
-def test_keyword_spotting_trains_then_evaluates(tmp_path, student_checkpoint):
+def test_keyword_spotting_trains_then_evaluates(tmp_path, tiny_student_checkpoint):
     train_root, test_root = make_speech_commands(tmp_path / "speech_commands")
-    expdir = tmp_path / "ks"
-    run_downstream(train_args("KS", student_checkpoint, expdir, (
+    overrides = (
         f"config.downstream_expert.datarc.speech_commands_root={train_root},,"
         f"config.downstream_expert.datarc.speech_commands_test_root={test_root},,"
         "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.batch_size=4"
-    )), r"^test acc: [0-9.]+$")
-    log = (expdir / "log.log").read_text()
-    assert f"dev at step {STEPS}:" in log and f"test at step {STEPS}:" in log, log
-    run_downstream(["-m", "evaluate", "-e", str(expdir / f"states-{STEPS}.ckpt")], r"^test acc: [0-9.]+$")
+    )
+    train_then_evaluate("speech_commands", tiny_student_checkpoint, tmp_path / "ks", overrides,
+                        train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
 
 
 EMOTIONS = {"neu": "the meeting is at noon", "hap": "what a wonderful day", "ang": "stop doing that now",
@@ -241,16 +197,14 @@ def make_iemocap(root: Path) -> tuple:
 
 
 @pytest.mark.slow
-def test_emotion_recognition_trains_then_evaluates(tmp_path, student_checkpoint):
+def test_emotion_recognition_trains_then_evaluates(tmp_path, tiny_student_checkpoint):
     corpus, meta = make_iemocap(tmp_path)
-    expdir = tmp_path / "er"
-    run_downstream(train_args("ER", student_checkpoint, expdir, (
+    overrides = (
         f"config.downstream_expert.datarc.root={corpus},,config.downstream_expert.datarc.meta_data={meta},,"
         "config.downstream_expert.datarc.test_fold=fold1,,config.downstream_expert.datarc.num_workers=0"
-    )), r"^test acc: [0-9.]+$")
-    log = (expdir / "log.log").read_text()
-    assert f"dev at step {STEPS}:" in log and f"test at step {STEPS}:" in log, log
-    run_downstream(["-m", "evaluate", "-e", str(expdir / f"states-{STEPS}.ckpt")], r"^test acc: [0-9.]+$")
+    )
+    train_then_evaluate("emotion", tiny_student_checkpoint, tmp_path / "er", overrides,
+                        train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
 
 
 def make_quesst14(root: Path) -> Path:
@@ -273,11 +227,11 @@ def make_quesst14(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_query_by_example_writes_the_detection_list(tmp_path, student_checkpoint):
+def test_query_by_example_writes_the_detection_list(tmp_path, tiny_student_checkpoint):
     corpus = make_quesst14(tmp_path / "quesst14Database")
     expdir = tmp_path / "qbe_dev"
     run_downstream(
-        ["-m", "evaluate", "-t", "dev", "-u", "star_hubert", "-k", str(student_checkpoint), "-d", "quesst14_dtw",
+        ["-m", "evaluate", "-t", "dev", "-u", "star_hubert", "-k", str(tiny_student_checkpoint), "-d", "quesst14_dtw",
          "-c", str(RECIPES / "quesst14_dtw" / "config.yaml"), "-l", "6", "-p", str(expdir),
          "-o", f"config.downstream_expert.datarc.dataset_root={corpus},,config.downstream_expert.datarc.num_workers=0,,"
                "config.downstream_expert.max_workers=2"],
@@ -328,15 +282,17 @@ def make_diarization_dirs(root: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_speaker_diarization_trains_then_writes_predictions(tmp_path, student_checkpoint):
+def test_speaker_diarization_trains_then_writes_predictions(tmp_path, tiny_student_checkpoint):
     dirs = make_diarization_dirs(tmp_path / "sd")
     expdir = tmp_path / "sd_exp"
-    run_downstream(train_args("SD", student_checkpoint, expdir, (
+    overrides = (
         f"config.downstream_expert.loaderrc.train_dir={dirs['train']},,"
         f"config.downstream_expert.loaderrc.dev_dir={dirs['dev']},,config.downstream_expert.loaderrc.test_dir={dirs['test']},,"
         "config.downstream_expert.loaderrc.num_workers=0,,config.downstream_expert.loaderrc.train_batchsize=2"
-    )), r"mode dev acc [0-9.]+ der [0-9.]+")
-    run_downstream(["-m", "evaluate", "-e", str(expdir / f"states-{STEPS}.ckpt")], r"mode test acc [0-9.]+ der [0-9.]+")
+    )
+    # The SD recipe evaluates only dev during training, and s3prl's diarization expert writes no log.log.
+    train_then_evaluate("diarization", tiny_student_checkpoint, expdir, overrides, dev_and_test_logged=False,
+                        train_line=r"mode dev acc [0-9.]+ der [0-9.]+", evaluate_line=r"mode test acc [0-9.]+ der [0-9.]+")
     assert sorted(path.name for path in (expdir / "scoring" / "predictions").iterdir()) == ["test0.h5"]
 
 
@@ -371,17 +327,14 @@ def s3prl_asv_cache_state():
 def run_downstream_until_cuda(args) -> str:
     """Run `s3prl-star downstream ARGS` on CPU where s3prl's ASV expert needs CUDA: it must get as far as
     the expert's forward, which moves its attention mask with `.cuda()` (sv_voxceleb1/expert.py)."""
-    result = subprocess.run(
-        CLI + ["downstream", *args, "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0 and "attention_mask_pad.cuda()" in output, output[-4000:]
+    returncode, output = downstream_output(args)
+    assert returncode != 0 and "attention_mask_pad.cuda()" in output, output[-4000:]
     return output
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only limitation of s3prl's ASV expert")
-def test_speaker_verification_builds_its_data_with_a_per_experiment_length_cache(tmp_path, student_checkpoint):
+def test_speaker_verification_builds_its_data_with_a_per_experiment_length_cache(tmp_path, tiny_student_checkpoint):
     """ASV on CPU: the recipe builds s3prl's datasets (silence-trimmed lengths via sox) and model, then stops
     at the expert's hard-coded `.cuda()`; the length cache lives in the experiment, not in site-packages."""
     cache_before = s3prl_asv_cache_state()
@@ -391,11 +344,11 @@ def test_speaker_verification_builds_its_data_with_a_per_experiment_length_cache
         ",,config.downstream_expert.datarc.vad_config.min_sec=8000,,"  # espeak utterances are short
         "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=2"
     )
-    first = run_downstream_until_cuda(train_args("ASV", student_checkpoint, tmp_path / "asv_a", overrides))
+    first = run_downstream_until_cuda(train_args("sv_voxceleb1", tiny_student_checkpoint, tmp_path / "asv_a", overrides))
     assert "Preprocessing" in first  # the lengths are computed for this experiment ...
     assert (tmp_path / "asv_a" / ".wav_lengths" / "Voxceleb1_length.pt").is_file()
-    again = run_downstream_until_cuda(train_args("ASV", student_checkpoint, tmp_path / "asv_a", overrides))
+    again = run_downstream_until_cuda(train_args("sv_voxceleb1", tiny_student_checkpoint, tmp_path / "asv_a", overrides))
     assert "Preprocessing" not in again  # ... reused by the same experiment ...
-    other = run_downstream_until_cuda(train_args("ASV", student_checkpoint, tmp_path / "asv_b", overrides))
+    other = run_downstream_until_cuda(train_args("sv_voxceleb1", tiny_student_checkpoint, tmp_path / "asv_b", overrides))
     assert "Preprocessing" in other  # ... and not by another one
     assert s3prl_asv_cache_state() == cache_before
