@@ -22,14 +22,17 @@ SPLITS = {"train-clean-100": 64, "dev-clean": 8, "test-clean": 8}
 
 
 def run(*args: str) -> str:
-    """One `s3prl-star` subcommand in a subprocess; its output is shown and returned."""
-    command = [sys.executable, "-m", "s3prl_star.cli", *args]
+    """One `s3prl-star` subcommand in a subprocess; its output is shown as it comes and returned."""
     print("\n$ s3prl-star " + " ".join(args), flush=True)
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(result.stdout[-4000:], flush=True)
-    if result.returncode != 0:
-        raise SystemExit(f"demo: `s3prl-star {args[0]}` failed with exit code {result.returncode}")
-    return result.stdout
+    process = subprocess.Popen([sys.executable, "-m", "s3prl_star.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = bytearray()
+    while chunk := process.stdout.read1(4096):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        output += chunk
+    if process.wait() != 0:
+        raise SystemExit(f"demo: `s3prl-star {args[0]}` failed with exit code {process.returncode}")
+    return output.decode(errors="replace")
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -40,10 +43,13 @@ def write_yaml(path: Path, data: dict) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="s3prl-star demo", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for the corpus, checkpoints and experiments")
-    parser.add_argument("--steps", type=int, default=60, help="distillation steps (default 60)")
+    parser.add_argument("--steps", type=int, default=30, help="distillation steps (default 30)")
+    parser.add_argument("--asr-steps", type=int, default=20, help="ASR downstream training steps (default 20)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
+    if args.steps < 2 or args.asr_steps < 1:
+        parser.error("--steps must be at least 2 (s3prl's runner logs and saves before the last step) and --asr-steps at least 1")
     if out.exists() and any(out.iterdir()):
         parser.error(f"{out} is not empty: give a new folder (nothing there is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +69,8 @@ def main(argv=None) -> int:
     model_config["teacher"] = {"name": "hubert_local", "ckpt": str(teacher), "model_config": None, "layer_map": None}
     runner_config = yaml.safe_load((REPOSITORY / "distill/star_hubert/config_runner.yaml").read_text())
     runner_config["runner"].update(
-        n_epochs=-1, total_steps=args.steps, gradient_accumulate_steps=1, log_step=5, save_step=args.steps // 2, max_keep=2
+        n_epochs=-1, total_steps=args.steps, gradient_accumulate_steps=1, log_step=max(args.steps // 6, 1),
+        save_step=max(args.steps // 2, 1), max_keep=2,  # s3prl's runner also saves at the last step
     )
     runner_config["pretrain_expert"]["datarc"].update(
         libri_root=str(libri), file_path=str(out / "len_for_bucket"), sets=["train-clean-100"],
@@ -81,8 +88,9 @@ def main(argv=None) -> int:
 
     asr_dir = out / "asr"
     overrides = ",,".join([
-        "config.runner.total_steps=40", "config.runner.log_step=10", "config.runner.eval_step=20",
-        "config.runner.save_step=20", "config.downstream_expert.datarc.train_batch_size=4",
+        f"config.runner.total_steps={args.asr_steps}", f"config.runner.log_step={max(args.asr_steps // 4, 1)}",
+        f"config.runner.eval_step={args.asr_steps}", f"config.runner.save_step={args.asr_steps}",
+        "config.downstream_expert.datarc.train_batch_size=4",
         "config.downstream_expert.datarc.batch_size=4", "config.downstream_expert.datarc.num_workers=0",
         f"config.downstream_expert.datarc.libri_root='{libri}'",
         f"config.downstream_expert.datarc.bucket_file='{out / 'len_for_bucket'}'",
@@ -93,7 +101,7 @@ def main(argv=None) -> int:
         "-c", str(REPOSITORY / "downstream_recipes/asr/config.yaml"), "-p", str(asr_dir), "--device", args.device,
         "-o", overrides,
     )
-    asr_checkpoint = max(asr_dir.glob("states-*.ckpt"), key=lambda path: path.stat().st_mtime)
+    asr_checkpoint = asr_dir / f"states-{args.asr_steps}.ckpt"
     evaluation = run("downstream", "-m", "evaluate", "-t", "test-clean", "-e", str(asr_checkpoint), "--device", args.device)
     wer = [line for line in evaluation.splitlines() if "test-clean wer" in line]
 
