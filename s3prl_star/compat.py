@@ -5,7 +5,7 @@ library still has the feature it replaces (by probing the feature, not by compar
 does nothing if so, so `apply()` is idempotent and harmless on older stacks. Call it before
 `import s3prl.hub` or running an s3prl runner; site-packages is never edited.
 
-What breaks without it (see /work/shared/SUPERB_SPEC.md section 2):
+What breaks without it:
 - torchaudio >= 2.9 routes `load` through torchcodec + FFmpeg and removed `info`,
   `set_audio_backend` and `sox_effects`; `import s3prl.hub` dies on `set_audio_backend`
   (s3prl issue 575) and the KS, QbE and ASV loaders call `sox_effects.apply_effects_file`.

@@ -1,6 +1,6 @@
 """STaR objectives: temporal Gram matrix (TGM) losses and the average attention-map KL.
 
-STaR section 2 (see shared/STAR_SPEC.md): for frames F^l (N x d) of layer l,
+STaR (ICASSP 2024) section 2: for frames F^l (N x d) of layer l,
 - layer-wise TGM loss: sum_l MSE(F_T^l F_T^l^T, F_S^l F_S^l^T),
 - intra-layer TGM loss: sum_l MSE(F_T^{l-1} F_T^l^T, F_S^{l-1} F_S^l^T) (input of layer l against
   its output; the matrix is not symmetric, so teacher and student use the same order: transposing
