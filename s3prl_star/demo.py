@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         train_batch_size=8, num_workers=2,
     )
     pretrain_dir = out / "pretrain"
-    run(
+    distillation = run(
         "pretrain", "-u", "star_hubert", "--device", args.device, "-p", str(pretrain_dir),
         "-g", str(write_yaml(out / "config_model.yaml", model_config)),
         "-c", str(write_yaml(out / "config_runner.yaml", runner_config)),
@@ -108,6 +109,9 @@ def main(argv=None) -> int:
     print("\n=== demo summary ===")
     print(f"student checkpoint: {checkpoint} ({profile['params']:,} parameters, "
           f"{profile['macs'] / 1e9:.1f} G MACs on the SUPERB protocol)")
+    losses = re.findall(r"loss=([0-9.e+-]+)", distillation)  # the progress bar's postfix
+    if losses:
+        print(f"STaR loss:          {losses[0]} at the first logged step -> {losses[-1]} at the last")
     print(f"distillation logs:  tensorboard --logdir {pretrain_dir}")
     print(f"ASR (random teacher, {SPLITS['train-clean-100']} utterances): {wer[-1].strip() if wer else 'no WER line'}")
     return 0

@@ -29,3 +29,4 @@ def test_demo_runs_end_to_end(tmp_path):
     summary = result.stdout[result.stdout.index("=== demo summary ===") :]
     assert "22,308,592 parameters" in summary and "463.5 G MACs" in summary
     assert re.search(r"test-clean wer: [0-9.]+", summary)
+    assert re.search(r"STaR loss: +[0-9.e+-]+ at the first logged step -> [0-9.e+-]+ at the last", summary)
