@@ -181,6 +181,13 @@ class StarHubertOutput(NamedTuple):
     attentions: list[Tensor] | None
 
 
+def conv_output_lengths(lengths: Tensor, kernels_and_strides) -> Tensor:
+    """Valid output frames of unpadded 1-D convolutions: floor division per layer, as torchaudio's."""
+    for kernel, stride in kernels_and_strides:
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths.clamp(min=0)
+
+
 class ConvLayerBlock(nn.Module):
     """Conv1d (no padding) -> optional norm -> GELU; registered as fairseq's Sequential(conv, dropout, norm, gelu)."""
 
@@ -231,9 +238,7 @@ class FeatureExtractor(nn.Module):
         self.conv_layers = nn.ModuleList(blocks)
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
-        for block in self.conv_layers:
-            lengths = torch.div(lengths - block.kernel, block.stride, rounding_mode="floor") + 1
-        return lengths.clamp(min=0)
+        return conv_output_lengths(lengths, [(block.kernel, block.stride) for block in self.conv_layers])
 
     def forward(self, waveforms: Tensor) -> Tensor:
         x = waveforms.unsqueeze(1)

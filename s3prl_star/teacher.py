@@ -43,7 +43,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from s3prl_star.model import StarHubertOutput
+from s3prl_star.model import StarHubertOutput, conv_output_lengths
 
 
 class Teacher(nn.Module):
@@ -207,11 +207,8 @@ class Teacher(nn.Module):
 
 
 def _conv_output_lengths(lengths: Tensor, blocks: Sequence[nn.Module]) -> Tensor:
-    """Output lengths of fairseq conv blocks (`block[0]` an unpadded Conv1d), as torchaudio's ConvLayerBlock."""
-    for block in blocks:
-        conv = block[0]
-        lengths = torch.div(lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
-    return lengths.clamp(min=0)
+    """Output lengths of fairseq conv blocks (`block[0]` an unpadded Conv1d)."""
+    return conv_output_lengths(lengths, [(block[0].kernel_size[0], block[0].stride[0]) for block in blocks])
 
 
 def _masked_group_norm(x: Tensor, valid_frames: Tensor, norm: nn.GroupNorm) -> Tensor:

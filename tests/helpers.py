@@ -4,9 +4,12 @@ Imported as `helpers`: pytest's default (prepend) import mode puts tests/ (no __
 sys.path, as for `from test_pretrain import ...`. The matching fixtures are in conftest.py.
 """
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
+
+from tensorboardX.proto import event_pb2
 
 from s3prl_star.model import StarHubertConfig
 
@@ -86,3 +89,18 @@ def train_then_evaluate(downstream: str, student_checkpoint: Path, expdir: Path,
     checkpoint = expdir / f"states-{STEPS}.ckpt"
     assert checkpoint.is_file(), sorted(path.name for path in expdir.iterdir())
     return run_downstream(["-m", "evaluate", *evaluate_options, "-e", str(checkpoint)], evaluate_line)
+
+
+def scalars(expdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} from the TensorBoard event files directly in `expdir` (TFRecord framing:
+    u64 length, u32 crc, the event, u32 crc)."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(expdir.glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return found

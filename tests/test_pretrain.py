@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,8 @@ import yaml
 import s3prl_star.compat
 from s3prl_star.model import PRESETS, StarHubert, StarHubertConfig
 from s3prl_star.pretrain import resolve_paths, shadow_workdir
+
+from helpers import scalars
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERT_DIR = REPO / "distill" / "star_hubert"
@@ -85,22 +86,6 @@ def run_pretrain(args: list[str], cwd: Path, launcher: list[str] | None = None, 
 def subprocess_env() -> dict[str, str]:
     """One torch thread per process: two processes share the 2 cores, and runs compare bit for bit."""
     return {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def scalars(expdir: Path) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value), ...]} from the TensorBoard event files directly in `expdir`."""
-    from tensorboardX.proto import event_pb2
-
-    found: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(expdir.glob("events.out.tfevents.*")):
-        data, offset = path.read_bytes(), 0
-        while offset < len(data):
-            (length,) = struct.unpack("Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-            offset += 12 + length + 4
-            for value in event.summary.value:
-                found.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return found
 
 
 def load_checkpoint(path: Path) -> dict:
