@@ -36,8 +36,10 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
+    # safe_globals removes what it added on exit: add Namespace only if nobody (compat.apply) has
+    allowed = [] if argparse.Namespace in torch.serialization.get_safe_globals() else [argparse.Namespace]
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(allowed):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated files, foreign pickles
         raise ValueError(f"checkpoint {path}: cannot be read as a weights-only torch checkpoint ({error})") from None

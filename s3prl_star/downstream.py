@@ -59,7 +59,7 @@ def _task_and_expdir(argv: list[str]) -> tuple[str | None, str]:
     """This run's s3prl `-d` task and experiment directory, as the runner resolves them.
 
     A resumed checkpoint's stored `Args` win over the command line (its `-d` and `-p`), as in
-    `run_downstream.py`; call after `compat.apply()`, the `Args` being a pickled `argparse.Namespace`.
+    `run_downstream.py`.
     """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-d", "--downstream")
@@ -70,9 +70,9 @@ def _task_and_expdir(argv: list[str]) -> tuple[str | None, str]:
     args, _ = parser.parse_known_args(argv)
     checkpoint = _resumed_checkpoint(args)
     if checkpoint is not None and os.path.isfile(checkpoint):  # else the runner reports it
-        import torch
+        from s3prl_star.checkpoint import read_checkpoint
 
-        stored = torch.load(checkpoint, map_location="cpu", mmap=True)["Args"]
+        stored = read_checkpoint(checkpoint)["Args"]
         return stored.downstream, stored.expdir
     return args.downstream, args.expdir or f"result/downstream/{args.expname}"
 

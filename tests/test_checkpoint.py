@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from helpers import TINY_CONFIG
-from s3prl_star.checkpoint import load_student, save_student
+from s3prl_star.checkpoint import load_student, read_checkpoint, save_student
 from s3prl_star.model import StarHubert
 
 # TINY_CONFIG as the released yaml's `distiller:` section writes it.
@@ -149,3 +149,16 @@ def test_student_file_and_distiller_checkpoint_round_trip(tmp_path):
         loaded = load_student(tmp_path / path)
         assert loaded.config == TINY_CONFIG
         assert all(torch.equal(a, b) for a, b in zip(hidden_states(loaded, waveforms, lengths), direct))
+
+
+def test_reading_keeps_globally_allowed_namespace(tmp_path):
+    """compat.apply() allows argparse.Namespace for s3prl's runners; reading a checkpoint must not undo it."""
+    torch.save({"Args": argparse.Namespace(downstream="voxceleb1")}, tmp_path / "states-1.ckpt")
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        assert read_checkpoint(tmp_path / "states-1.ckpt")["Args"].downstream == "voxceleb1"
+        assert argparse.Namespace in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
