@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from s3prl_star.atomic import write_atomically
+
 NAME = "star_hubert"
 HUB_BLOCK = (
     "# >>> s3prl-star link-s3prl (remove with: s3prl-star link-s3prl --undo) >>>\n"
@@ -75,7 +77,7 @@ def link(checkout: Path, repo: Optional[Path] = None) -> List[str]:
     hub = package / "hub.py"
     text = hub.read_bytes().decode("utf-8")  # bytes: no newline translation
     if HUB_BLOCK not in text:
-        _write_atomically(hub, HUB_BLOCK + text)
+        write_atomically(hub, lambda temporary: Path(temporary).write_bytes((HUB_BLOCK + text).encode("utf-8")))
         changed.append(f"registered {NAME} in {hub}")
     return changed
 
@@ -93,18 +95,11 @@ def undo(checkout: Path, repo: Optional[Path] = None) -> List[str]:
     hub = package / "hub.py"
     text = hub.read_bytes().decode("utf-8")  # bytes: no newline translation
     if text.startswith(HUB_BLOCK):
-        _write_atomically(hub, text[len(HUB_BLOCK):])
+        write_atomically(hub, lambda temporary: Path(temporary).write_bytes(text[len(HUB_BLOCK):].encode("utf-8")))
         changed.append(f"unregistered {NAME} from {hub}")
     elif HUB_BLOCK in text:
         raise ValueError(f"{hub}: the link-s3prl block is not at the top of the file any more; remove it by hand")
     return changed
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.s3prl-star.tmp")
-    temp.write_bytes(text.encode("utf-8"))
-    os.chmod(temp, path.stat().st_mode)
-    os.replace(temp, path)
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -103,7 +103,7 @@ def plan_corpus(root: Path, split_sizes: dict[str, int], seed: int,
     return plan
 
 
-def _require_tools() -> dict[str, str]:
+def require_tools() -> dict[str, str]:
     tools = {}
     for tool, package in (("espeak-ng", "espeak-ng"), ("sox", "sox")):
         found = shutil.which(tool)
@@ -147,7 +147,7 @@ def make_librispeech(root, split_sizes: dict[str, int], seed: int = 0,
     root = Path(root)
     if speakers_per_split < 1:
         raise ValueError(f"speakers_per_split = {speakers_per_split}; expected at least 1")
-    tools = _require_tools()
+    tools = require_tools()
     for split in split_sizes:
         if (root / split).exists():
             raise FileExistsError(f"{root / split} already exists; make_librispeech writes new splits only")

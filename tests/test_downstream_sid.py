@@ -29,9 +29,9 @@ class SidCorpus:
 
 def make_voxceleb1(root: Path, voices: tuple, per_speaker: dict, video: str, seed: int) -> SidCorpus:
     """espeak-ng speakers (one voice each, ids id10001...) in VoxCeleb1 layout, and its split list."""
-    from s3prl_star.synthetic import SAMPLE_RATE, _require_tools, make_sentence, synthesise
+    from s3prl_star.synthetic import SAMPLE_RATE, require_tools, make_sentence, synthesise
 
-    tools = _require_tools()
+    tools = require_tools()
     rng = random.Random(seed)
     lines, counts = [], dict.fromkeys(SPLIT_IDS, 0)
     for speaker, voice in enumerate(voices):

@@ -29,9 +29,9 @@ IC_SPLITS = {"train": ("en-us", "en-us+f2", "en+m3"), "valid": ("en-us+m1",), "t
 
 def make_fluent_commands(root: Path) -> Path:
     """Fluent Speech Commands layout: data/{train,valid,test}_data.csv + wavs/speakers/<spk>/*.wav."""
-    from s3prl_star.synthetic import SAMPLE_RATE, _require_tools, synthesise
+    from s3prl_star.synthetic import SAMPLE_RATE, require_tools, synthesise
 
-    tools = _require_tools()
+    tools = require_tools()
     (root / "data").mkdir(parents=True)
     for split, voices in IC_SPLITS.items():
         rows = []

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from helpers import RECIPES, downstream_output, run_downstream, train_args, train_then_evaluate
-from s3prl_star.synthetic import SAMPLE_RATE, _require_tools, make_sentence, synthesise
+from s3prl_star.synthetic import SAMPLE_RATE, require_tools, make_sentence, synthesise
 
 # task -> (recipe folder, s3prl -d name, s3prl's default SUPERB learning rate)
 TASKS = {
@@ -125,7 +125,7 @@ VOICES = ("en-us", "en-us+m1", "en-us+f2", "en+m3", "en-us+f4")
 
 def speak(path: Path, text: str, voice: str):
     """Write espeak-ng's `text` in `voice` to `path` (16 kHz mono 16-bit wav); returns the samples."""
-    samples = synthesise(text, voice, _require_tools())
+    samples = synthesise(text, voice, require_tools())
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, samples, SAMPLE_RATE, subtype="PCM_16")
     return samples
