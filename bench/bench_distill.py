@@ -2,8 +2,9 @@
 random HuBERT Base-shaped teacher (12 x 768, FFN 3072, 12 heads, 512-channel extractor) at batch
 4 x 10 s, through the pretrain expert's own forward (distill/star_hubert/pretrain_expert.py).
 
-Per step: teacher forward, student forward, loss (the times the expert records for TensorBoard),
-then backward + gradient clipping + AdamW step, and utterances per second. CPU: float32; CUDA:
+Per step: data (the expert's DataLoader in the main process: FLAC decode, bucket, pad), teacher
+forward, student forward, loss (the times the expert records for TensorBoard), backward, gradient
+clipping + AdamW step, utterances per second, and the process's peak resident memory. CPU: float32; CUDA:
 bf16 autocast (config_model.yaml's `precision: bf16`). Reported: the fastest measured step (on a
 shared machine the least disturbed by other processes) and the step of median duration.
 
@@ -12,52 +13,21 @@ shared machine the least disturbed by other processes) and the step of median du
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 import torch
 
-from s3prl_star.data import SAMPLE_RATE, Utterance, write_length_csv
+from benchlib import cpu_name, load_expert_module, write_corpus
 from s3prl_star.random_teacher import save_random_teacher
 
-REPO = Path(__file__).resolve().parent.parent
 BATCH, SECONDS = 4, 10.0
-
-
-def load_expert_module():
-    spec = importlib.util.spec_from_file_location("star_hubert_expert", REPO / "distill/star_hubert/pretrain_expert.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return platform.processor() or "unknown CPU"
-
-
-def write_corpus(root: Path) -> Path:
-    """BATCH noise utterances of SECONDS each in LibriSpeech layout and their length CSV."""
-    rng = np.random.default_rng(0)
-    utterances = []
-    for index in range(BATCH):
-        relative = f"train-clean-100/1/1/1-1-{index:04d}.flac"
-        samples = (0.1 * rng.standard_normal(int(SECONDS * SAMPLE_RATE))).astype(np.float32)
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(root / relative, samples, SAMPLE_RATE)
-        utterances.append(Utterance(relative, len(samples), "NOISE"))
-    write_length_csv(root / "len" / "train-clean-100.csv", utterances)
-    return root / "len"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(scratch)
         teacher = save_random_teacher("hubert", scratch / "hubert_base_random.pt",
                                       layers=12, embed_dim=768, ffn_dim=3072, heads=12, seed=0)
-        csv_dir = write_corpus(scratch / "LibriSpeech")
+        csv_dir = write_corpus(scratch / "LibriSpeech", [SECONDS] * BATCH)
         datarc = {"libri_root": str(scratch / "LibriSpeech"), "file_path": str(csv_dir), "sets": ["train-clean-100"],
                   "train_batch_size": BATCH, "max_length": None, "num_workers": 0}
         model_config = {
@@ -86,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             "precision": "bf16",
         }
         expert = expert_module.UpstreamPretrainExpert(datarc, model_config, args.device).to(args.device)
-        batch = next(iter(expert.get_train_dataloader()))
+        data_seconds = []
+        for _ in range(args.warmup + args.steps):  # the one batch of the corpus, read again each step
+            started = time.perf_counter()
+            batch = next(iter(expert.get_train_dataloader()))
+            data_seconds.append(time.perf_counter() - started)
 
     optimizer = torch.optim.AdamW(expert.model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
     expert.train()
@@ -97,23 +71,27 @@ def main(argv: list[str] | None = None) -> int:
         loss, records = expert(batch, records=records, global_step=step + 1)
         forward_done = expert.clock()
         loss.backward()
+        backward_done = expert.clock()
         torch.nn.utils.clip_grad_norm_(expert.model.parameters(), 10.0)
         optimizer.step()
         optimizer.zero_grad()
         finished = expert.clock()
         if step >= args.warmup:
+            rows["data"].append(data_seconds[step])
             rows["teacher forward"].append(records["time/teacher"][0])
             rows["student forward"].append(records["time/student"][0])
             rows["loss"].append(records["time/loss"][0])
-            rows["backward + clip + AdamW"].append(finished - forward_done)
-            rows["step"].append(finished - started)
+            rows["backward"].append(backward_done - forward_done)
+            rows["clip + AdamW"].append(finished - backward_done)
+            rows["step"].append(data_seconds[step] + finished - started)
 
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_name()
     precision = "bf16 autocast" if expert.autocast else "float32"
     print(f"STaR distillation step: star_hubert student ({sum(p.numel() for p in expert.student.parameters()):,} "
           f"parameters), random HuBERT Base-shaped teacher, batch {BATCH} x {SECONDS:.0f} s")
     print(f"device {args.device} ({device}), {precision}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"python {platform.python_version()}; load average before {load_before:.2f}")
+          f"python {platform.python_version()}; load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+    print(f"peak resident memory of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     durations = rows["step"]
     print(f"steps after {args.warmup} warm-up: {', '.join(f'{value:.2f}' for value in durations)} s")
     by_duration = sorted(range(args.steps), key=lambda index: durations[index])

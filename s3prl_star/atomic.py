@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 
 def write_atomically(path, write: Callable[[str], None]) -> None:
     """`write(temporary_path)` in `path`'s folder, then rename over `path`.
@@ -42,4 +40,6 @@ def _umask() -> int:
 
 def save_atomic(obj: Any, path) -> None:
     """`torch.save(obj, path)`, atomically."""
+    import torch  # here, not at the top: `s3prl-star link-s3prl` writes files atomically without torch
+
     write_atomically(path, lambda temporary: torch.save(obj, temporary))

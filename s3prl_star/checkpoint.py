@@ -4,19 +4,23 @@ Formats read by `load_student`:
 - this project's distiller checkpoint (s3prl's `states-<step>.ckpt`): `{"Student": {"config", "state_dict"}, ...}`;
 - a plain student file written by `save_student`: `{"config", "state_dict"}`;
 - a released STaRHuBERT PyTorch-Lightning `.ckpt` (STAR_SPEC.md section 1): `state_dict` with
-  `student_model.` / `teacher_model.model.` prefixes; the model shape from its `.yaml` (`distiller:`)
-  or, failing that, the training yaml stored under `hyper_parameters`.
+  `student_model.` / `teacher_model.model.` prefixes; the model shape from the `distiller:` section
+  of its `.yaml` or, failing that, of the same training template stored under `hyper_parameters`
+  (`released_student_config`).
 Every file is read with `torch.load(weights_only=True)`: no arbitrary pickle runs.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+import yaml
 
 from s3prl_star.atomic import save_atomic
-from s3prl_star.model import StarHubert, StarHubertConfig
+from s3prl_star.model import StarHubert, StarHubertConfig, parse_conv_layers
 
 # Released Lightning key rules, applied in order; each maps a source prefix to a student prefix.
 _RELEASED_KEY_RULES = (
@@ -31,13 +35,68 @@ _WEIGHT_NORM_RENAMES = {
 }
 
 
+# --- the released training template --------------------------------------------------------------
+# The released `.yaml`, and the `cfg` under the `.ckpt`'s `hyper_parameters`, is the whole training
+# template of the code STaR was built on (ARMHuBERT's `train.py`): the sections below, `model` (the
+# model name train.py adds), and `distiller:` rewritten at start with every field of the student's
+# config dataclass (`CustomStudentModelConfig`; ARMHuBERT's has more fields than STaRHuBERT's).
+# Only `distiller:` describes the student.
+RELEASED_SECTIONS = frozenset({"teacher", "train", "distiller", "optimizer", "data", "specaug", "model"})
+# distiller fields that are StarHubertConfig fields under another name
+_RENAMED_DISTILLER_FIELDS = {"conv_feature_layers": "conv_layers"}
+
+
+def _no_attention_reuse(pattern) -> bool:
+    """ARMHuBERT's `reuse_pattern`, a per-layer list of bools written as a string: no layer reuses."""
+    try:
+        layers = ast.literal_eval(pattern) if isinstance(pattern, str) else pattern
+    except (ValueError, SyntaxError):
+        return False
+    return isinstance(layers, list) and not any(layers)
+
+
+# distiller fields that shape the network, where this student implements one value: (accepts, expected)
+_FIXED_DISTILLER_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "activation_fn": (lambda value: value == "gelu", "'gelu'"),
+    "layer_type": (lambda value: value == "transformer", "'transformer' (conformer layers are not implemented)"),
+    "pos_conv_depth": (lambda value: value == 1, "1 (one weight-normed positional conv)"),
+    "crop_seq_to_multiple": (lambda value: value == 1, "1 (no frames cropped)"),
+    "enable_tr_layer": (lambda value: value is False, "false (the time-reduction layer is not implemented)"),
+    "reuse_pattern": (_no_attention_reuse, "no true entry (attention-map reusing is not implemented)"),
+}
+# distiller fields that do not change what a trained student computes: training-time options,
+# distillation heads (their weights, if saved, fail the strict load), initialisation from the teacher,
+# padding that is masked and undone (`required_seq_len_multiple`), and options that only matter for a
+# value refused above (conformer, time-reduction layer).
+_TRAINING_ONLY_DISTILLER_FIELDS = frozenset(
+    """feature_grad_mult layer_grad_scale encoder_layerdrop checkpoint_activations max_positions
+    required_seq_len_multiple final_dim pred_head_final_dim pred_head_inter_dim pred_layer_id layerwise_proj
+    init_conv_layers init_encoder_layers freeze_student_mask update_teacher_mask
+    depthwise_conv_kernel_size attn_type pos_enc_type fp16
+    tr_conv1d_kernel tr_layer_index tr_reduce_factor tr_layer_type""".split()
+)
+# Classes the released `.ckpt` pickles besides tensors: s3prl's LR schedule objects, which its
+# `AdamW_with_schedule` optimizer keeps in every param group (so in `optimizer_states`). They are
+# unpickled as an inert stand-in: only their attributes are restored and no s3prl code runs.
+_RELEASED_PICKLED_CLASSES = (
+    "ConstantLR", "WarmupCosineSchedule", "WarmupConstantSchedule", "WarmupLinearSchedule",
+    "WarmupCosineWithHardRestartsSchedule", "WarmupCosineWithWarmupRestartsSchedule",
+)
+
+
+class ReleasedTrainingObject:
+    """What a pickled s3prl LR schedule in a released checkpoint's optimizer state loads as."""
+
+
 def read_checkpoint(path) -> dict:
-    """`torch.load(weights_only=True)` of a checkpoint dict; s3prl's runners also pickle their `Namespace` args."""
+    """`torch.load(weights_only=True)` of a checkpoint dict; s3prl's runners also pickle their `Namespace`
+    args, released checkpoints s3prl's LR schedules (`_RELEASED_PICKLED_CLASSES`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     # safe_globals removes what it added on exit: add Namespace only if nobody (compat.apply) has
     allowed = [] if argparse.Namespace in torch.serialization.get_safe_globals() else [argparse.Namespace]
+    allowed += [(ReleasedTrainingObject, f"s3prl.optimizers.{name}") for name in _RELEASED_PICKLED_CLASSES]
     try:
         with torch.serialization.safe_globals(allowed):
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -77,16 +136,45 @@ def load_student(path, model_config=None) -> StarHubert:
 
 
 def _released_config(path, state: dict, model_config) -> StarHubertConfig:
+    """From the released `.yaml` when given, else from the template Lightning saved as `hyper_parameters["cfg"]`."""
     if model_config is not None:
-        return StarHubertConfig.from_distiller_yaml(model_config)
+        with open(model_config) as file:
+            return released_student_config(yaml.safe_load(file), source=str(model_config))
     stored = state.get("hyper_parameters", {})
     stored = stored.get("cfg", stored) if isinstance(stored, dict) else None
     if isinstance(stored, dict) and isinstance(stored.get("distiller"), dict):
-        return StarHubertConfig.from_distiller_yaml(stored)
+        return released_student_config(stored, source=f"{path} hyper_parameters.cfg")
     raise ValueError(
         f"checkpoint {path}: a released Lightning checkpoint without a 'distiller' config in its "
         f"hyper_parameters; pass the model's .yaml (s3prl: -g / --upstream_model_config)"
     )
+
+
+def released_student_config(template: Any, source: str = "released config") -> StarHubertConfig:
+    """The student's shape from a released training template (a loaded `.yaml` or the `.ckpt`'s cfg).
+
+    Every `distiller:` field is known: StarHubertConfig fields are taken, fields that shape the network
+    must hold the value this student implements (`_FIXED_DISTILLER_FIELDS`), training-only fields are
+    ignored; anything else, and an unknown top-level section, is an error naming it."""
+    if not isinstance(template, dict) or not isinstance(template.get("distiller"), dict):
+        raise ValueError(f"{source}: expected a released training template, a mapping with a 'distiller:' section")
+    unknown = sorted(set(template) - RELEASED_SECTIONS)
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level section(s) {unknown}; expected {sorted(RELEASED_SECTIONS)}")
+    fields = {}
+    for key, value in template["distiller"].items():
+        if key in _TRAINING_ONLY_DISTILLER_FIELDS:
+            continue
+        if key in _FIXED_DISTILLER_FIELDS:
+            accepts, expected = _FIXED_DISTILLER_FIELDS[key]
+            if not accepts(value):
+                raise ValueError(f"{source}: distiller.{key} = {value!r}: this student implements only {expected}")
+            continue
+        target = _RENAMED_DISTILLER_FIELDS.get(key, key)
+        if target not in StarHubertConfig.__dataclass_fields__:
+            raise ValueError(f"{source}: unknown distiller field {key!r}")
+        fields[target] = parse_conv_layers(value) if target == "conv_layers" and isinstance(value, str) else value
+    return StarHubertConfig.from_dict(fields, source=f"{source} distiller")
 
 
 def convert_released_state_dict(state_dict: dict, source: str = "checkpoint") -> dict:
@@ -107,7 +195,8 @@ def convert_released_state_dict(state_dict: dict, source: str = "checkpoint") ->
 
 
 def load_state_dict_strict(model: StarHubert, state_dict: dict, source: str = "checkpoint") -> None:
-    """`load_state_dict(strict=True)` with an error listing missing, unexpected and mis-shaped keys."""
+    """`load_state_dict(strict=True)` with an error listing missing, unexpected and mis-shaped keys, or the
+    tensors holding NaN or infinite values (a diverged run must not load silently)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -123,4 +212,7 @@ def load_state_dict_strict(model: StarHubert, state_dict: dict, source: str = "c
             + (f"\n  unexpected keys: {unexpected}" if unexpected else "")
             + (f"\n  shape mismatches: {mis_shaped}" if mis_shaped else "")
         )
+    non_finite = [key for key in sorted(expected) if not bool(torch.isfinite(state_dict[key]).all())]
+    if non_finite:
+        raise ValueError(f"{source}: NaN or infinite values in weight tensor(s) {non_finite}")
     model.load_state_dict(state_dict, strict=True)

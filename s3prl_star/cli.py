@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "downstream": ("s3prl_star.downstream", "main", "run s3prl's downstream runner with star_hubert registered (run_downstream.py flags)"),
     "link-s3prl": ("s3prl_star.link", "main", "install (or --undo) the plugin into an s3prl git checkout"),
     "export": ("s3prl_star.export", "main", "export a checkpoint to TorchScript or ONNX"),
+    "superb": ("s3prl_star.superb.driver", "main", "run the SUPERB tasks (train, choose on dev, test) and collect results.json"),
+    "score": ("s3prl_star.superb.score", "main", "per-task table, Overall and SUPERB score from task outputs"),
     "demo": ("s3prl_star.demo", "main", "the end-to-end job on the embedded mini data set"),
 }
 

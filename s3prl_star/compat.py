@@ -13,6 +13,8 @@ What breaks without it:
   pickle `argparse.Namespace` (their `Args`) into every checkpoint they resume or evaluate from.
 - huggingface_hub >= 1.0 removed `HfFolder` and `Repository`, which s3prl's downstream runner
   imports at module level (it uses them only for `--hub huggingface` / `--push_to_hf_hub`).
+- the PyPI s3prl lacks `downstream/ctc/corpus/`, whose `libriphone` (PR) and `snips` (SF) readers
+  `-d ctc`'s data.py imports; `s3prl_star.superb` has its own, registered under those names.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def apply() -> list[str]:
         _add_sox_effects,
         _allow_namespace_in_weights_only_load,
         _add_removed_hf_hub_names,
+        _add_ctc_corpus_readers,
     )
     return [shim.__name__.lstrip("_") for shim in shims if shim()]
 
@@ -275,3 +278,23 @@ def _add_removed_hf_hub_names() -> bool:
     for name in missing:
         setattr(huggingface_hub, name, _RemovedFromHfHub(name, (), {"__module__": "huggingface_hub"}))
     return bool(missing)
+
+
+# --- s3prl.downstream.ctc.corpus: the PR and SF readers `-d ctc` imports -----------------------
+
+
+def _add_ctc_corpus_readers() -> bool:
+    """Register `s3prl_star.superb.libriphone` and `.snips` as `s3prl.downstream.ctc.corpus.libriphone`
+    and `.snips` (data.py: `from .corpus.libriphone import LibriPhoneDataset`), unless s3prl has them."""
+    package_name = "s3prl.downstream.ctc.corpus"
+    if package_name in sys.modules or importlib.util.find_spec(package_name) is not None:
+        return False
+    from s3prl_star.superb import libriphone, snips
+
+    package = types.ModuleType(package_name, "s3prl_star.compat: s3prl_star.superb's PR and SF corpus readers")
+    package.__path__ = []
+    for name, module in (("libriphone", libriphone), ("snips", snips)):
+        setattr(package, name, module)
+        sys.modules[f"{package_name}.{name}"] = module
+    sys.modules[package_name] = package
+    return True

@@ -34,13 +34,20 @@ from s3prl_star.atomic import write_atomically
 
 SAMPLE_RATE = 16000
 CSV_HEADER = ["", "file_path", "length", "label"]
-# Frames read back from the end of each file: a truncated FLAC fails here although
-# soundfile.info still reports the length from its header.
+# `--verify quick` reads back only these frames from the end of each file: a truncated FLAC fails
+# there although soundfile.info still reports the length from its header (a file corrupted in the
+# middle passes; `--verify full`, the default, decodes every frame).
 TAIL_FRAMES = 1600
+VERIFY_MODES = ("full", "quick")
+DECODE_BLOCK = 1 << 16  # frames per block when decoding a whole file
 
 
 class CorpusError(ValueError):
     """The corpus root or a split cannot be used at all (not a per-file problem)."""
+
+
+class UnreadableAudioError(ValueError):
+    """An audio file of the training data cannot be decoded (the message names it)."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,11 @@ class BadFile:
     reason: str  # what is wrong and what was expected
 
 
-def check_audio(path: Path) -> tuple[int, str | None]:
-    """(samples, None) for a readable 16 kHz mono file with samples, else (0, reason)."""
+def check_audio(path: Path, verify: str = "full") -> tuple[int, str | None]:
+    """(samples, None) for a readable 16 kHz mono file with samples, else (0, reason).
+
+    `verify`: "full" decodes every frame (catches corruption anywhere, FLAC frames carry CRCs);
+    "quick" reads the header and the last TAIL_FRAMES frames (catches truncation only)."""
     if path.stat().st_size == 0:
         return 0, "empty file (0 bytes); expected 16 kHz mono FLAC"
     try:
@@ -70,16 +80,16 @@ def check_audio(path: Path) -> tuple[int, str | None]:
         return 0, f"{info.channels} channels; expected mono"
     if info.frames <= 0:
         return 0, "no samples; expected 16 kHz mono speech"
+    start = 0 if verify == "full" else max(0, info.frames - TAIL_FRAMES)
     try:
-        with sf.SoundFile(path) as audio:
-            audio.seek(max(0, info.frames - TAIL_FRAMES))
-            tail_length = len(audio.read(dtype="int16"))
+        decoded = sum(len(block) for block in sf.blocks(path, blocksize=DECODE_BLOCK, dtype="int16", start=start))
     except sf.LibsndfileError as error:
-        tail_length, reason = 0, str(error)
+        decoded, reason = 0, str(error)
     else:
-        reason = f"read {tail_length} samples"
-    if tail_length != min(info.frames, TAIL_FRAMES):
-        return 0, f"truncated or corrupt: the header says {info.frames} samples, reading the end failed ({reason})"
+        reason = f"decoded {decoded} samples"
+    if decoded != info.frames - start:
+        part = "decoding it" if verify == "full" else "reading its end"
+        return 0, f"truncated or corrupt: the header says {info.frames} samples, {part} failed ({reason})"
     return info.frames, None
 
 
@@ -92,7 +102,13 @@ def read_transcripts(split_dir: Path) -> tuple[dict[str, tuple[str, Path]], list
         if len(parts) != 3 or parts[2] != f"{parts[0]}-{parts[1]}.trans.txt":
             bad.append(BadFile(path, "misplaced; expected <speaker>/<chapter>/<speaker>-<chapter>.trans.txt"))
             continue
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                bad.append(BadFile(path, f"line {number} is not UTF-8 (byte 0x{raw[error.start]:02x} at column "
+                                         f"{error.start + 1}); expected UTF-8 text"))
+                continue
             if not line.strip():
                 continue
             utterance_id, _, text = line.strip().partition(" ")
@@ -104,8 +120,9 @@ def read_transcripts(split_dir: Path) -> tuple[dict[str, tuple[str, Path]], list
     return transcripts, bad
 
 
-def scan_split(root: Path, split: str) -> tuple[list[Utterance], list[BadFile]]:
-    """Every usable utterance of `root/split` and every bad file (audio or transcript)."""
+def scan_split(root: Path, split: str, verify: str = "full") -> tuple[list[Utterance], list[BadFile]]:
+    """Every usable utterance of `root/split` and every bad file (audio or transcript); audio checked
+    by `check_audio(path, verify)`."""
     split_dir = root / split
     if not split_dir.is_dir():
         raise CorpusError(f"split directory {split_dir} does not exist "
@@ -124,7 +141,7 @@ def scan_split(root: Path, split: str) -> tuple[list[Utterance], list[BadFile]]:
             bad.append(BadFile(path, f"no line for {path.stem} in "
                                      f"{path.parent / (parts[0] + '-' + parts[1] + '.trans.txt')}"))
             continue
-        length, problem = check_audio(path)
+        length, problem = check_audio(path, verify)
         if problem is not None:
             bad.append(BadFile(path, problem))
             continue
@@ -160,6 +177,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("-o", "--output-dir", type=Path, required=True, help="where <split>.csv go")
     parser.add_argument("--splits", nargs="+", required=True, metavar="SPLIT",
                         help="split directories under ROOT, e.g. train-clean-100 dev-clean")
+    parser.add_argument("--verify", choices=VERIFY_MODES, default="full",
+                        help="full (default): decode every audio file completely, catching corruption "
+                             "anywhere; quick: read the header and the last 0.1 s only (catches truncation)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave bad files out (listed with reasons) instead of failing")
     args = parser.parse_args(argv)
@@ -171,7 +191,7 @@ def main(argv: Sequence[str]) -> int:
     all_bad = []
     try:
         for split in args.splits:
-            scanned[split], bad = scan_split(args.root, split)
+            scanned[split], bad = scan_split(args.root, split, args.verify)
             all_bad += bad
     except CorpusError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -189,7 +209,11 @@ def main(argv: Sequence[str]) -> int:
             return 1
     for split, utterances in scanned.items():
         path = args.output_dir / f"{split}.csv"
-        write_length_csv(path, utterances)
+        try:
+            write_length_csv(path, utterances)
+        except OSError as error:
+            print(f"error: cannot write {path}: {error.strerror or error}", file=sys.stderr)
+            return 1
         hours = sum(u.length for u in utterances) / SAMPLE_RATE / 3600
         print(f"wrote {path}: {len(utterances)} utterances, {hours:.2f} h")
     return 0
@@ -232,10 +256,14 @@ def load_length_csvs(csv_paths: Sequence[str | os.PathLike], root: str | os.Path
 
 
 class WaveformDataset(Dataset):
-    """Item i: the float32 waveform (S,) of `items[i] = (path, samples)`, read in the worker."""
+    """Item i: the float32 waveform (S,) of `items[i] = (path, samples)`, read in the worker.
 
-    def __init__(self, items: Sequence[tuple[str, int]]):
+    A file that cannot be decoded raises UnreadableAudioError naming it; with `skip_unreadable`,
+    it is named on stderr instead and the item is None (`collate_waveforms` leaves it out)."""
+
+    def __init__(self, items: Sequence[tuple[str, int]], skip_unreadable: bool = False):
         self.items = list(items)
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.items)
@@ -244,20 +272,42 @@ class WaveformDataset(Dataset):
     def lengths(self) -> list[int]:
         return [length for _, length in self.items]
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | None:
         path, expected_length = self.items[index]
+        try:
+            return read_waveform(path, expected_length)
+        except UnreadableAudioError as error:
+            if not self.skip_unreadable:
+                raise
+            print(f"[data] skipped: {error}", file=sys.stderr)
+            return None
+
+
+def read_waveform(path: str, expected_length: int) -> torch.Tensor:
+    """The float32 waveform (S,) of a 16 kHz mono file of `expected_length` samples; raises
+    UnreadableAudioError naming the file when it cannot be decoded or does not match its length CSV."""
+    try:
         waveform, sample_rate = sf.read(path, dtype="float32", always_2d=True)
-        if sample_rate != SAMPLE_RATE or waveform.shape[1] != 1:
-            raise ValueError(f"{path}: {sample_rate} Hz, {waveform.shape[1]} channel(s); "
-                             f"expected {SAMPLE_RATE} Hz mono")
-        if waveform.shape[0] != expected_length:
-            raise ValueError(f"{path}: {waveform.shape[0]} samples; the length CSV says "
-                             f"{expected_length} (re-run prepare-librispeech)")
-        return torch.from_numpy(waveform[:, 0])
+    except (sf.SoundFileError, OSError) as error:
+        raise UnreadableAudioError(
+            f"{path}: cannot decode ({str(error).strip()}); replace it and re-run prepare-librispeech, or set "
+            "pretrain_expert.datarc.skip_unreadable: true to skip such files"
+        ) from None
+    if sample_rate != SAMPLE_RATE or waveform.shape[1] != 1:
+        raise UnreadableAudioError(f"{path}: {sample_rate} Hz, {waveform.shape[1]} channel(s); "
+                                   f"expected {SAMPLE_RATE} Hz mono")
+    if waveform.shape[0] != expected_length:
+        raise UnreadableAudioError(f"{path}: {waveform.shape[0]} samples; the length CSV says "
+                                   f"{expected_length} (re-run prepare-librispeech)")
+    return torch.from_numpy(waveform[:, 0])
 
 
-def collate_waveforms(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Waveforms (B, S_max) float32 zero-padded at the end, and lengths (B,) int64."""
+def collate_waveforms(batch: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms (B, S_max) float32 zero-padded at the end, and lengths (B,) int64; None items
+    (files `WaveformDataset` skipped) are left out."""
+    batch = [waveform for waveform in batch if waveform is not None]
+    if not batch:
+        raise UnreadableAudioError("every file of this batch was skipped as unreadable (listed above)")
     lengths = torch.tensor([len(waveform) for waveform in batch], dtype=torch.int64)
     return torch.nn.utils.rnn.pad_sequence(list(batch), batch_first=True), lengths
 

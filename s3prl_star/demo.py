@@ -1,6 +1,7 @@
 """`s3prl-star demo OUT`: the whole pipeline on a mini data set the demo makes itself, on CPU or GPU.
 
-Nothing is downloaded: espeak-ng speaks a LibriSpeech-layout corpus, the teacher is a randomly
+Nothing is downloaded: espeak-ng speaks a LibriSpeech-layout corpus (or `--corpus` names one made
+before, for a machine without espeak-ng), the teacher is a randomly
 initialised HuBERT Base-shaped model saved in the format s3prl's `hubert_local` reads (real
 weights cannot be fetched offline), and the STaRHuBERT preset is distilled from it through
 `s3prl-star pretrain` (s3prl's pretrain runner), profiled, and evaluated on ASR through
@@ -47,19 +48,30 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="distillation steps (default 30)")
     parser.add_argument("--asr-steps", type=int, default=20, help="ASR downstream training steps (default 20)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--corpus", type=Path, help="a LibriSpeech-layout root holding " + ", ".join(SPLITS)
+                        + " (e.g. one this demo spoke before) to use instead of speaking one: no espeak-ng needed")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     if args.steps < 2 or args.asr_steps < 1:
         parser.error("--steps must be at least 2 (s3prl's runner logs and saves before the last step) and --asr-steps at least 1")
     if out.exists() and any(out.iterdir()):
         parser.error(f"{out} is not empty: give a new folder (nothing there is overwritten)")
+    if args.corpus is not None:
+        missing = [split for split in SPLITS if not (args.corpus / split).is_dir()]
+        if missing:
+            parser.error(f"--corpus {args.corpus}: no {', '.join(missing)} folder; expected a LibriSpeech-layout "
+                         f"root holding {', '.join(SPLITS)}")
     out.mkdir(parents=True, exist_ok=True)
 
     from s3prl_star.random_teacher import save_random_teacher
     from s3prl_star.synthetic import make_librispeech
 
-    print(f"demo: espeak-ng corpus {SPLITS} -> {out / 'LibriSpeech'}", flush=True)
-    libri = make_librispeech(out / "LibriSpeech", SPLITS, seed=0)
+    if args.corpus is None:
+        print(f"demo: espeak-ng corpus {SPLITS} -> {out / 'LibriSpeech'}", flush=True)
+        libri = make_librispeech(out / "LibriSpeech", SPLITS, seed=0)
+    else:
+        libri = args.corpus.resolve()
+        print(f"demo: corpus {libri}", flush=True)
     run("prepare-librispeech", str(libri), "-o", str(out / "len_for_bucket"), "--splits", *SPLITS)
 
     teacher = out / "teacher" / "hubert_base_random.pt"
@@ -73,6 +85,7 @@ def main(argv=None) -> int:
         n_epochs=-1, total_steps=args.steps, gradient_accumulate_steps=1, log_step=max(args.steps // 6, 1),
         save_step=max(args.steps // 2, 1), max_keep=2,  # s3prl's runner also saves at the last step
     )
+    runner_config["scheduler"]["num_warmup_steps"] = max(round(0.05 * args.steps), 1)  # the paper's 5 %
     runner_config["pretrain_expert"]["datarc"].update(
         libri_root=str(libri), file_path=str(out / "len_for_bucket"), sets=["train-clean-100"],
         train_batch_size=8, num_workers=2,
@@ -113,5 +126,6 @@ def main(argv=None) -> int:
     if losses:
         print(f"STaR loss:          {losses[0]} at the first logged step -> {losses[-1]} at the last")
     print(f"distillation logs:  tensorboard --logdir {pretrain_dir}")
-    print(f"ASR (random teacher, {SPLITS['train-clean-100']} utterances): {wer[-1].strip() if wer else 'no WER line'}")
+    train_utterances = len((out / "len_for_bucket" / "train-clean-100.csv").read_text().splitlines()) - 1
+    print(f"ASR (random teacher, {train_utterances} utterances): {wer[-1].strip() if wer else 'no WER line'}")
     return 0

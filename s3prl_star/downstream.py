@@ -6,7 +6,9 @@ not copied): after `s3prl_star.compat.apply()` (so s3prl imports and resumes on 
 the upstream from the name stored in the checkpoint). It also moves the caches s3prl writes into
 site-packages and reloads whatever the data: SID's file lists to a per-run folder
 (`_isolate_sid_file_list_cache`), ASV's utterance lengths to the experiment directory
-(`_keep_asv_length_cache_in`).
+(`_keep_asv_length_cache_in`), and ASV's expert runs on `--device` (`s3prl_star.superb.asv`).
+Checkpoints are written atomically and old ones deleted only after the
+new one is complete; `-a` and `-e DIR` take the newest readable checkpoint (`s3prl_star.runner_checkpoints`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
+
+from s3prl_star import runner_checkpoints
+from s3prl_star.config_check import ConfigError, check_downstream_config, overrides_as_config
 
 
 def _missing_default_config(argv: list[str]) -> str | None:
@@ -51,8 +58,19 @@ def _resumed_checkpoint(args: argparse.Namespace) -> str | None:
         past = expdir if glob.glob(f"{expdir}/states-*.ckpt") else None
     if past is None or not os.path.isdir(past):
         return past
-    checkpoints = glob.glob(f"{past}/states-*.ckpt")
-    return max(checkpoints, key=lambda path: int(path.split("-")[-1].split(".")[0]), default=None)
+    return runner_checkpoints.newest_readable(past)[0]
+
+
+def _resume_argv(argv: list[str]) -> list[str]:
+    """`runner_checkpoints.resume_argv` with the runner's default experiment folder; stale temporary
+    files are removed only when training (an evaluation may run beside the training it reads)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-m", "--mode")
+    parser.add_argument("-n", "--expname")
+    args, _ = parser.parse_known_args(argv)
+    return runner_checkpoints.resume_argv(
+        argv, f"result/downstream/{args.expname}", "s3prl-star downstream", clean=args.mode == "train"
+    )
 
 
 def _task_and_expdir(argv: list[str]) -> tuple[str | None, str]:
@@ -75,6 +93,23 @@ def _task_and_expdir(argv: list[str]) -> tuple[str | None, str]:
         stored = read_checkpoint(checkpoint)["Args"]
         return stored.downstream, stored.expdir
     return args.downstream, args.expdir or f"result/downstream/{args.expname}"
+
+
+def _check_config(argv: list[str], task: str | None) -> None:
+    """The `-c` config of a new experiment and the `-o config.*` overrides, against the shipped recipes
+    of `task` (`s3prl_star.config_check.check_downstream_config`); raises ConfigError."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-c", "--config")
+    parser.add_argument("-o", "--override")
+    parser.add_argument("-e", "--past_exp")
+    args, _ = parser.parse_known_args(argv)
+    if task is None:
+        return
+    if args.config and not args.past_exp and os.path.isfile(args.config):
+        with open(args.config) as file:
+            check_downstream_config(yaml.safe_load(file) or {}, task, args.config)
+    if args.override and args.override.lower() != "none":
+        check_downstream_config(overrides_as_config(args.override), task, "-o config")
 
 
 def _isolate_sid_file_list_cache() -> str:
@@ -123,19 +158,36 @@ def main(argv: list[str]) -> int:
         )
         return 2
 
+    try:
+        argv = _resume_argv(argv)
+    except runner_checkpoints.ResumeError as error:
+        print(f"s3prl-star downstream: {error}", file=sys.stderr)
+        return 2
+
+    task, expdir = _task_and_expdir(argv)
+    try:
+        _check_config(argv, task)
+    except ConfigError as error:
+        print(f"s3prl-star downstream: {error}", file=sys.stderr)
+        return 2
+
     from s3prl_star import compat, register
 
     compat.apply()
     register()
-    task, expdir = _task_and_expdir(argv)
     if task == "voxceleb1":
         folder = _isolate_sid_file_list_cache()
         print(f"s3prl-star downstream: voxceleb1 file lists are cached in {folder} for this run only")
     elif task == "sv_voxceleb1":
         folder = _keep_asv_length_cache_in(expdir)
         print(f"s3prl-star downstream: sv_voxceleb1 utterance lengths are cached in {folder} for this experiment")
-    import s3prl
+        from s3prl_star.superb import asv
 
+        asv.run_expert_on_its_device()  # s3prl's expert calls .cuda() whatever --device says
+    import s3prl
+    import s3prl.downstream.runner
+
+    runner_checkpoints.install(s3prl.downstream.runner, writes=int(os.environ.get("RANK", "0")) == 0)
     script = Path(s3prl.__file__).parent / "run_downstream.py"
     saved_argv = sys.argv
     sys.argv = [str(script), *argv]

@@ -10,6 +10,8 @@ s3prl finds an upstream as a public callable on `s3prl.hub` and builds it with
 - `star_hubert`: the short name; `-k` is a path, or a URL when it starts with `http`.
 - `star_hubert_with_feature`: as `star_hubert`, with the pre-transformer feature prepended to
   the hidden states (s3prl's runners pass no extra keyword, so this option is a name).
+- `star_hubert_int8`: as `star_hubert`, run by onnxruntime with int8 weights on the CPU
+  (`s3prl_star.inference`): fast frozen features for deployment; not trainable.
 
 `upstream/star_hubert/{hubconf,expert}.py` re-export these in s3prl's layout for a linked checkout.
 """
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 # 20 ms frames at 16 kHz: the conv extractor's strides multiply to 5*2*2*2*2*2*2 = 320.
 DOWNSAMPLE_RATE = 320
 
-ENTRY_NAMES = ("star_hubert_local", "star_hubert_url", "star_hubert", "star_hubert_with_feature")
+ENTRY_NAMES = ("star_hubert_local", "star_hubert_url", "star_hubert", "star_hubert_with_feature", "star_hubert_int8")
 
 
 class UpstreamExpert(nn.Module):
@@ -82,6 +84,15 @@ def star_hubert(ckpt: Optional[str], model_config: Optional[str] = None, refresh
 def star_hubert_with_feature(ckpt: str, model_config: Optional[str] = None, refresh: bool = False, **kwargs) -> UpstreamExpert:
     """`star_hubert` with 13 hidden states: the pre-transformer feature, then the 12 layer outputs."""
     return star_hubert(ckpt, model_config, refresh=refresh, include_feature=True)
+
+
+def star_hubert_int8(ckpt: str, model_config: Optional[str] = None, refresh: bool = False, **kwargs) -> UpstreamExpert:
+    """`star_hubert` run by onnxruntime with int8 weights (s3prl_star.inference), for frozen features on a CPU."""
+    from s3prl_star.inference import fast_student
+
+    expert = star_hubert(ckpt, model_config, refresh=refresh)
+    expert.model = fast_student(expert.model, "int8")
+    return expert
 
 
 def register() -> None:

@@ -97,58 +97,6 @@ class StarHubertConfig:
         except (TypeError, ValueError) as error:
             raise ValueError(f"{source}: {error}") from None
 
-    @classmethod
-    def from_distiller_yaml(cls, source) -> "StarHubertConfig":
-        """Read the `distiller:` section of a released STaRHuBERT yaml (a path or a loaded mapping)."""
-        import yaml
-
-        name = str(source)
-        if isinstance(source, dict):
-            document, name = source, "distiller config"
-        else:
-            with open(source) as file:
-                document = yaml.safe_load(file)
-        if not isinstance(document, dict) or not isinstance(document.get("distiller"), dict):
-            raise ValueError(f"{name}: expected a mapping with a 'distiller:' section")
-        return cls.from_dict(_distiller_fields(document["distiller"], name), source=f"{name} distiller")
-
-
-# fairseq / DistilHuBERT fields a released yaml may carry that do not shape the student's encoder:
-# training-time options (masking, layer drop, gradient scaling) and prediction-head settings.
-_IGNORED_DISTILLER_FIELDS = frozenset(
-    """label_rate final_dim untie_final_proj feature_grad_mult encoder_layerdrop dropout_features
-    mask_length mask_prob mask_selection mask_other no_mask_overlap mask_min_space mask_channel_length
-    mask_channel_prob mask_channel_selection mask_channel_other no_mask_channel_overlap
-    mask_channel_min_space skip_masked skip_nomask logit_temp target_glu latent_temp conv_pos_batch_norm
-    required_seq_len_multiple checkpoint_activations pred_masked_weight pred_nomask_weight
-    loss_weights normalize pred_layer_id n_tasks task_emb_type task_emb_size layer_emb_size
-    out_layer_type out_layer_inter_dim loss_type feat_pen_loss cosine_loss attention_type
-    init_teacher_conv_layers init_teacher_encoder_layers""".split()
-)
-_RENAMED_DISTILLER_FIELDS = {
-    "conv_feature_layers": "conv_layers",
-    "extractor_conv_feature_layers": "conv_layers",
-    "extractor_dropout": "dropout_input",
-}
-
-
-def _distiller_fields(section: dict, name: str) -> dict:
-    fields = {}
-    for key, value in section.items():
-        if key in _IGNORED_DISTILLER_FIELDS:
-            continue
-        if key == "activation_fn":
-            if value != "gelu":
-                raise ValueError(f"{name}: distiller.activation_fn: only 'gelu' is supported, found {value!r}")
-            continue
-        target = _RENAMED_DISTILLER_FIELDS.get(key, key)
-        if target not in StarHubertConfig.__dataclass_fields__:
-            raise ValueError(f"{name}: unknown distiller field {key!r}")
-        if target == "conv_layers" and isinstance(value, str):
-            value = parse_conv_layers(value)
-        fields[target] = value
-    return fields
-
 
 def parse_conv_layers(text: str) -> ConvLayers:
     """Parse fairseq's `"[(512,10,5)] + [(512,3,2)] * 4"` notation without `eval`."""
@@ -400,30 +348,68 @@ class StarHubert(nn.Module):
             field = (field - 1) * stride + kernel
         return field
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' floating dtype, which inputs are cast to."""
+        return self.layer_norm.weight.dtype
+
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         return self.feature_extractor.frame_lengths(lengths)
 
-    def _check_input(self, waveforms: Tensor, lengths: Tensor | None) -> Tensor:
+    def _check_input(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(waveforms cast to the model's dtype with every sample past `lengths` zeroed, lengths), or a
+        ValueError naming the bad input: not (B, S) float, lengths not (B,) integers in
+        receptive_field..S, NaN or infinite samples within lengths.
+
+        Zeroing first keeps what lies past `lengths` (noise, NaN) out of the valid frames; the padded
+        length still reaches them through the first GroupNorm, which HuBERT takes over the whole
+        padded time axis (README: Padding). The checks are batched tensor ops: one device sync each
+        for lengths and finiteness; they are skipped while tracing (export) and on the meta device."""
         if waveforms.dim() != 2 or not waveforms.is_floating_point():
             raise ValueError(
                 f"StarHubert expects a (batch, samples) float waveform batch at {SAMPLE_RATE} Hz, "
                 f"found shape {tuple(waveforms.shape)} of {waveforms.dtype}"
             )
+        batch, samples = waveforms.shape
+        if batch == 0:
+            raise ValueError("StarHubert expects at least one waveform, found an empty batch")
         if lengths is None:
-            lengths = torch.full((waveforms.size(0),), waveforms.size(1), device=waveforms.device)
-        if lengths.shape != waveforms.shape[:1]:
-            raise ValueError(f"lengths: expected shape ({waveforms.size(0)},), found {tuple(lengths.shape)}")
-        checkable = not (torch.jit.is_tracing() or lengths.is_meta)  # meta: the profiler counts shapes only
-        if checkable and bool((lengths < self.receptive_field).any()):
+            lengths = torch.full((batch,), samples, device=waveforms.device)
+        if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise ValueError(
+                f"lengths: expected an integer tensor of shape ({batch},) (valid samples per waveform), "
+                f"found {lengths.dtype} of shape {tuple(lengths.shape)}"
+            )
+        lengths = lengths.to(waveforms.device)
+        checkable = not (torch.jit.is_tracing() or waveforms.is_meta)  # meta: the profiler counts shapes only
+        if checkable:
+            self._check_lengths(lengths, samples)
+        valid = torch.arange(samples, device=waveforms.device)[None, :] < lengths[:, None]
+        waveforms = torch.where(valid, waveforms.to(self.dtype), 0.0)
+        if checkable:
+            _check_finite(waveforms)
+        return waveforms, lengths
+
+    def _check_lengths(self, lengths: Tensor, samples: int) -> None:
+        shortest, longest = (int(value) for value in torch.aminmax(lengths))
+        if shortest >= self.receptive_field and longest <= samples:
+            return
+        if longest > samples:
+            bad, expected = lengths > samples, f"at most the {samples} samples of the padded batch"
+        elif shortest <= 0:
+            bad, expected = lengths <= 0, "positive sample counts"
+        else:
             raise ValueError(
                 f"input shorter than the conv receptive field ({self.receptive_field} samples = "
                 f"{1000 * self.receptive_field / SAMPLE_RATE:.0f} ms at {SAMPLE_RATE} Hz): lengths {lengths.tolist()}"
             )
-        return lengths
+        indices = bad.nonzero().flatten().tolist()
+        raise ValueError(f"lengths: waveform(s) {indices} have lengths {lengths[bad].tolist()}; expected {expected}")
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None, need_attention: bool = False) -> StarHubertOutput:
-        """waveforms (B, S) float at 16 kHz, zero-padded; lengths (B,) valid samples (None: all S)."""
-        lengths = self._check_input(waveforms, lengths)
+        """waveforms (B, S) float at 16 kHz (cast to the model's dtype), lengths (B,) integer valid samples
+        (None: all S); samples past a length are ignored (zeroed)."""
+        waveforms, lengths = self._check_input(waveforms, lengths)
         features = self.layer_norm(self.feature_extractor(waveforms))
         frames = torch.arange(features.size(1), device=features.device)
         padding_mask = frames[None, :] >= self.frame_lengths(lengths)[:, None]
@@ -433,13 +419,34 @@ class StarHubert(nn.Module):
         return StarHubertOutput(hidden_states, padding_mask, attentions)
 
     def forward_list(self, waveforms: Sequence[Tensor], need_attention: bool = False) -> StarHubertOutput:
-        """A list of 1-D waveforms (as s3prl upstreams receive them) -> the padded batch output."""
+        """A non-empty list of 1-D float waveforms (as s3prl upstreams receive them) -> the padded batch output."""
+        if len(waveforms) == 0:
+            raise ValueError("expected a non-empty list of 1-D float waveforms at 16 kHz, found an empty list")
         for index, waveform in enumerate(waveforms):
-            if waveform.dim() != 1:
-                raise ValueError(f"waveform {index}: expected a 1-D tensor, found shape {tuple(waveform.shape)}")
+            if not isinstance(waveform, Tensor) or waveform.dim() != 1 or not waveform.is_floating_point():
+                found = f"shape {tuple(waveform.shape)} of {waveform.dtype}" if isinstance(waveform, Tensor) else type(waveform).__name__
+                raise ValueError(f"waveform {index}: expected a 1-D float tensor, found {found}")
         lengths = torch.tensor([len(w) for w in waveforms], device=waveforms[0].device)
-        batch = nn.utils.rnn.pad_sequence(list(waveforms), batch_first=True)
+        batch = nn.utils.rnn.pad_sequence([w.to(self.dtype) for w in waveforms], batch_first=True)
         return self(batch, lengths, need_attention=need_attention)
+
+
+def _check_finite(waveforms: Tensor) -> None:
+    """A ValueError naming the waveforms (and the first sample) that hold NaN or infinite values.
+
+    A finite sum proves every sample finite (NaN and infinities propagate) at a quarter of the
+    cost of an element-wise test, which runs only when the sum is not finite."""
+    if bool(waveforms.sum().isfinite()):
+        return
+    finite = torch.isfinite(waveforms)
+    bad = (~finite.all(dim=1)).nonzero().flatten().tolist()
+    if not bad:  # the sum overflowed; every sample is finite
+        return
+    first = int((~finite[bad[0]]).nonzero()[0])
+    raise ValueError(
+        f"waveforms: waveform(s) {bad} hold NaN or infinite samples within their lengths "
+        f"(waveform {bad[0]} at sample {first}); expected finite audio"
+    )
 
 
 def star_conv_layers(width: int) -> ConvLayers:

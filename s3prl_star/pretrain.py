@@ -11,7 +11,9 @@ s3prl's `run_pretrain.py` and `pretrain/runner.py` import top-level modules (`pr
   folder `./result/pretrain/NAME` of the caller's directory (s3prl would use its package folder);
 - runs `run_pretrain.py` as `__main__` there, after extending s3prl's Runner (`StarRunnerMixin`: its
   small methods are overridden, its `train()` loop is s3prl's) and the runner module's `tqdm` and
-  `torch.save` (`ProgressBar`, `RunnerTorch`).
+  `torch.save` and `os.remove` (`ProgressBar`, `s3prl_star.runner_checkpoints`: atomic, verified
+  checkpoints, old ones deleted only after the new one is complete; `-a` resumes from the newest
+  readable one).
 
 Distributed data parallel: launch with `torchrun --nproc_per_node N -m s3prl_star.cli pretrain ...`;
 the pretrain expert joins the process group and wraps the student in DDP. Only rank 0 writes
@@ -25,13 +27,13 @@ import runpy
 import shutil
 import sys
 import tempfile
-import types
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
+from s3prl_star import config_check, runner_checkpoints
 from s3prl_star.atomic import save_atomic
 
 EXPERT_NAME = "star_hubert"
@@ -51,22 +53,6 @@ class NonFiniteLossError(FloatingPointError):
 def torchrun_rank() -> int:
     """This process's rank as torchrun sets it (0 without torchrun)."""
     return int(os.environ.get("RANK", "0"))
-
-
-class RunnerTorch(types.ModuleType):
-    """`torch` as s3prl's runner module sees it: its one `torch.save`, the checkpoint, becomes an
-    atomic write on rank 0 only (the runner saves on every process and in place)."""
-
-    def __init__(self, rank: int):
-        super().__init__("torch")
-        self.rank = rank
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    def save(self, obj: Any, path: str) -> None:
-        if self.rank == 0:
-            save_atomic(obj, path)
 
 
 class ProgressBar(tqdm):
@@ -89,8 +75,8 @@ class ProgressBar(tqdm):
 
 class StarRunnerMixin:
     """Extends s3prl's pretrain `Runner` (mixed in before it): total steps from the data, AdamW with
-    its learning rate logged, warm-up as a proportion of the steps, per-rank experiment folders and a
-    dump of the batch on a non-finite loss, resume after the saved step. `train()` is s3prl's own loop."""
+    its learning rate logged, per-rank experiment folders and a dump of the batch on a non-finite
+    loss, resume after the saved step at its learning rate. `train()` is s3prl's own loop."""
 
     user_cwd: str = "."
     rank: int = 0
@@ -101,6 +87,7 @@ class StarRunnerMixin:
             args.upstream_config = os.path.abspath(args.upstream_config)
         if isinstance(args.config, str):
             args.config = os.path.abspath(args.config)
+        config_check.check_pretrain_config(config, args.config if args.init_ckpt is None else "checkpoint Config")
         os.chdir(self.user_cwd)
         if self.rank > 0:
             # s3prl's runner prunes old checkpoints on every process: keep ranks > 0 out of rank 0's folder
@@ -128,16 +115,9 @@ class StarRunnerMixin:
         return optimizer
 
     def _get_scheduler(self, optimizer):
-        """s3prl's scheduler; `warmup_proportion` (STaR: 5 % of the steps) becomes `num_warmup_steps`."""
-        from schedulers import get_scheduler
-
-        total_steps = self.total_steps()
-        options = dict(self.config["scheduler"])
-        if "warmup_proportion" in options:
-            options["num_warmup_steps"] = round(options.pop("warmup_proportion") * total_steps)
-        scheduler = get_scheduler(optimizer, total_steps, options)
+        """s3prl's scheduler over the total steps `_get_optimizer` set; resumed at the saved step's rate."""
+        scheduler = super()._get_scheduler(optimizer)
         if self.init_ckpt:
-            scheduler.load_state_dict(self.init_ckpt["Scheduler"])
             # building the scheduler set the step-0 learning rate; loading its state does not undo that
             for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
                 group["lr"] = lr
@@ -184,7 +164,7 @@ def shadow_workdir(s3prl_dir: Path, expert: Path, cache: Path) -> Path:
             (building / entry.name).symlink_to(entry)
     (building / "pretrain").mkdir()
     for entry in (s3prl_dir / "pretrain").iterdir():
-        if entry.name != "__pycache__":
+        if entry.name not in ("__pycache__", EXPERT_NAME):  # a linked checkout has star_hubert already
             (building / "pretrain" / entry.name).symlink_to(entry)
     (building / "pretrain" / EXPERT_NAME).symlink_to(expert.resolve())
     try:
@@ -237,7 +217,8 @@ def install_runner_extensions(user_cwd: Path, rank: int) -> None:
     )
     ProgressBar.rank = rank
     runner_module.tqdm = ProgressBar
-    runner_module.torch = RunnerTorch(rank)
+    # only rank 0 writes checkpoints (the runner saves on every process)
+    runner_checkpoints.install(runner_module, writes=rank == 0)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -249,7 +230,14 @@ def main(argv: Sequence[str]) -> int:
     user_cwd = Path.cwd()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "s3prl-star"
     workdir = shadow_workdir(Path(s3prl.__file__).parent, expert_dir(), cache)
-    run_argv = resolve_paths(argv, user_cwd)
+    try:
+        run_argv = runner_checkpoints.resume_argv(
+            resolve_paths(argv, user_cwd), str(user_cwd / "result" / "pretrain" / "None"), "s3prl-star pretrain",
+            clean=torchrun_rank() == 0,
+        )
+    except runner_checkpoints.ResumeError as error:
+        print(f"s3prl-star pretrain: {error}", file=sys.stderr)
+        return 2
 
     os.chdir(workdir)
     sys.path.insert(0, str(workdir))
@@ -257,6 +245,9 @@ def main(argv: Sequence[str]) -> int:
     try:
         install_runner_extensions(user_cwd, torchrun_rank())
         runpy.run_path(str(workdir / "run_pretrain.py"), run_name="__main__")
+    except config_check.ConfigError as error:
+        print(f"s3prl-star pretrain: {error}", file=sys.stderr)
+        return 2
     finally:
         os.chdir(user_cwd)
         if torch.distributed.is_initialized():

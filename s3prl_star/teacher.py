@@ -38,6 +38,8 @@ the fused `F.multi_head_attention_forward(need_weights=False)`).
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from typing import Sequence
 
 import torch
@@ -82,6 +84,8 @@ class Teacher(nn.Module):
         need_attention: bool = False,
     ) -> "Teacher":
         """Load the upstream `name` through `s3prl.hub` (e.g. "hubert_local" with `ckpt` a local file)."""
+        if ckpt is not None and "://" not in str(ckpt) and not os.path.isfile(ckpt):  # before s3prl's slow import
+            raise FileNotFoundError(f"teacher checkpoint {ckpt}: no such file (teacher.ckpt, read by s3prl's {name})")
         import s3prl_star.compat
 
         s3prl_star.compat.apply()
@@ -91,7 +95,7 @@ class Teacher(nn.Module):
         if not callable(entry):
             raise ValueError(f"teacher upstream {name!r} is not an s3prl.hub entry (e.g. hubert_local, hubert_base)")
         options = {key: value for key, value in (("ckpt", ckpt), ("model_config", model_config)) if value is not None}
-        return cls(entry(**options), need_attention=need_attention)
+        return cls(_load_upstream(entry, name, options), need_attention=need_attention)
 
     @property
     def encoder_layers(self) -> nn.ModuleList:
@@ -204,6 +208,33 @@ class Teacher(nn.Module):
             handles.append(layer.self_attn.register_forward_pre_hook(request_weights, with_kwargs=True))
             handles.append(layer.self_attn.register_forward_hook(collect_weights))
         return handles
+
+
+def _load_upstream(entry, name: str, options: dict) -> nn.Module:
+    """`entry(**options)`, with an unreadable local `ckpt` reported by its path (torch's weights-only
+    error names no file; `from_s3prl` reports a missing one, where s3prl asserts without a message)."""
+    ckpt = options.get("ckpt")
+    try:
+        return entry(**options)
+    except Exception as error:
+        if ckpt is None or "://" in str(ckpt):
+            raise
+        raise ValueError(
+            f"teacher checkpoint {ckpt}: s3prl's {name} cannot load it ({_load_failure(error)}); expected a "
+            f"checkpoint in the format {name} reads, e.g. fairseq's HuBERT converted for s3prl"
+        ) from None  # torch's own message would advise unsafe loading
+
+
+def _load_failure(error: Exception) -> str:
+    """What went wrong loading a checkpoint, without torch's advice to disable weights-only loading."""
+    message = str(error)
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", message, re.DOTALL)
+    if unpickler:
+        return f"not a torch checkpoint it can read: {unpickler.group(1)}"
+    first_line = message.strip().splitlines()[0] if message.strip() else repr(error)
+    if "weights_only" in first_line:
+        first_line = "not a torch checkpoint it can read"
+    return f"{type(error).__name__}: {first_line}"
 
 
 def _conv_output_lengths(lengths: Tensor, blocks: Sequence[nn.Module]) -> Tensor:

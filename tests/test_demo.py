@@ -17,6 +17,15 @@ def test_demo_refuses_a_folder_with_something_in_it(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+def test_demo_corpus_must_hold_every_split(tmp_path):
+    corpus = tmp_path / "LibriSpeech"
+    (corpus / "train-clean-100").mkdir(parents=True)
+    result = demo(str(tmp_path / "out"), "--corpus", str(corpus))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"--corpus {corpus}: no dev-clean, test-clean folder" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     """Corpus, CSVs, random HuBERT Base-shaped teacher, STaRHuBERT distilled through s3prl's pretrain

@@ -5,6 +5,7 @@ s3prl's `example` task reads no files: its RandomDataset draws 200 noise wavefor
 random labels (s3prl/downstream/example/dataset.py), so the config below only needs its batch sizes,
 the linear model's width and the runner's schedule; `evaluate_ratio` keeps evaluation to 3 batches.
 """
+import math
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from helpers import scalars
 
 TOTAL_STEPS = 2
+CLASSES = 48  # RandomDataset.class_num
 
 CONFIG = f"""\
 runner:
@@ -68,13 +70,18 @@ def trained(tmp_path_factory):
     return workdir, expdir
 
 
-def test_train_saves_checkpoint_and_logs_dev_accuracy(trained):
+def test_train_saves_checkpoint_and_logs_dev_scores_at_chance(trained):
+    """Labels are random (chance 1/48): two steps cannot beat chance, so the dev cross-entropy is near
+    ln 48 and the 6 dev utterances evaluated are mostly wrong (the run is seeded: deterministic)."""
     _, expdir = trained
     assert (expdir / f"states-{TOTAL_STEPS}.ckpt").is_file()
     logged = scalars(expdir)
-    assert len(logged["example/train-loss"]) == TOTAL_STEPS
-    ((_, dev_accuracy),) = logged["example/dev-acc"]
-    assert 0.0 <= dev_accuracy <= 1.0
+    assert [step for step, _ in logged["example/train-loss"]] == list(range(1, TOTAL_STEPS + 1))
+    ((step, dev_accuracy),) = logged["example/dev-acc"]
+    ((_, dev_loss),) = logged["example/dev-loss"]
+    assert step == TOTAL_STEPS
+    assert dev_loss == pytest.approx(math.log(CLASSES), abs=0.5)
+    assert dev_accuracy < 0.5
 
 
 def test_evaluate_saved_checkpoint_in_fresh_process(trained):

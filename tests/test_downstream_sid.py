@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 from helpers import STEPS, assert_dev_and_test_logged, run_downstream, train_args
@@ -76,7 +77,12 @@ def train(corpus: SidCorpus, expdir: Path, student_checkpoint: Path) -> str:
 
 
 def predicted_names(expdir: Path, split: str) -> list[str]:
-    return [line.split(" ")[0] for line in (expdir / f"{split}_truth.txt").read_text().splitlines()]
+    return list(speakers(expdir / f"{split}_truth.txt"))
+
+
+def speakers(path: Path) -> dict[str, str]:
+    """{utterance: speaker id} of s3prl's `<split>_predict.txt` / `<split>_truth.txt` (`utterance speaker` lines)."""
+    return dict(line.split(" ") for line in path.read_text().splitlines())
 
 
 def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_student_checkpoint):
@@ -101,7 +107,11 @@ def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_s
     output = run_downstream(["-m", "evaluate", "-e", str(checkpoint)], r"^test acc: [0-9.]+$")
     assert listed_counts(output) == [first.counts[s] for s in SPLIT_IDS], output[-4000:]
     accuracy = float(re.search(r"^test acc: ([0-9.]+)$", output, re.MULTILINE).group(1))
-    assert 0.0 <= accuracy <= 1.0
+    # The same evaluation's per-utterance outputs (`<speaker>-<video>-<utt>` names): the truth is each
+    # name's speaker, and the printed accuracy is the rate at which the predicted speaker equals it.
+    predicted, truth = (speakers(tmp_path / "sid_a" / f"test_{kind}.txt") for kind in ("predict", "truth"))
+    assert set(predicted) == set(truth) and all(name.split("-")[0] == speaker for name, speaker in truth.items())
+    assert accuracy == pytest.approx(sum(predicted[name] == truth[name] for name in truth) / len(truth), abs=1e-6)
     assert all(first.video in n for n in predicted_names(tmp_path / "sid_a", "test"))
 
     assert site_packages_cache_state() == cache_before

@@ -13,6 +13,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import editdistance
+import pytest
 import soundfile as sf
 
 from helpers import CLI, RECIPES, train_then_evaluate
@@ -58,7 +60,18 @@ def test_intent_classification_trains_then_evaluates(tmp_path, tiny_student_chec
     output = train_then_evaluate("fluent_commands", tiny_student_checkpoint, tmp_path / "ic", overrides,
                                  train_line=r"Take a list of 12 features", evaluate_line=r"test acc: [0-9.]+")
     accuracy = float(re.search(r"test acc: ([0-9.]+)", output).group(1))
-    assert 0.0 <= accuracy <= 1.0
+    # The same evaluation's per-utterance predictions (test_predict.csv / test_truth.csv, one
+    # `name,action,object,location` row per test utterance): the printed accuracy is their exact-match rate.
+    predicted, truth = (read_rows(tmp_path / "ic" / f"test_{kind}.csv") for kind in ("predict", "truth"))
+    test_rows = list(csv.reader(open(corpus / "data" / "test_data.csv")))[1:]
+    assert list(truth) == [Path(row[1]).stem for row in test_rows] == list(predicted)  # s3prl names them by stem
+    assert list(truth.values()) == [tuple(row[4:]) for row in test_rows]
+    assert accuracy == pytest.approx(sum(predicted[path] == truth[path] for path in truth) / len(truth), abs=1e-6)
+
+
+def read_rows(path: Path) -> dict[str, tuple]:
+    """{first column: the other columns} of a headerless CSV, in file order."""
+    return {row[0]: tuple(row[1:]) for row in csv.reader(open(path))}
 
 
 def test_asr_trains_then_evaluates_on_test_clean(tmp_path, tiny_student_checkpoint):
@@ -89,4 +102,16 @@ def test_asr_trains_then_evaluates_on_test_clean(tmp_path, tiny_student_checkpoi
                                  train_line=r"dev-clean wer: [0-9.]+", evaluate_line=r"test-clean wer: [0-9.]+",
                                  evaluate_options=("-t", "test-clean"), dev_and_test_logged=False)
     wer = float(re.search(r"test-clean wer: ([0-9.]+)", output).group(1))
-    assert wer >= 0.0
+    # The same evaluation's hypotheses and references (test-clean-noLM-{hyp,ref}.ark, `name words...`):
+    # the references are the test-clean transcripts, and the printed WER is their word edit distance.
+    hypotheses, references = (read_ark(tmp_path / "asr" / f"test-clean-noLM-{kind}.ark") for kind in ("hyp", "ref"))
+    spoken = [line.split(" ", 1)[1].split() for path in (root / "test-clean").rglob("*.trans.txt")
+              for line in path.read_text().splitlines()]
+    assert sorted(references.values()) == sorted(spoken) and set(hypotheses) == set(references)
+    errors = sum(editdistance.eval(hypotheses[name], words) for name, words in references.items())
+    assert wer == pytest.approx(100 * errors / sum(map(len, references.values())), abs=1e-6)
+
+
+def read_ark(path: Path) -> dict[str, list[str]]:
+    """{utterance: words} of a Kaldi-style text ark (`name word word ...` per line)."""
+    return {name: words for name, *words in (line.split() for line in path.read_text().splitlines())}

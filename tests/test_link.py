@@ -1,29 +1,99 @@
-"""`s3prl-star link-s3prl`: s3prl's own scripts in a checkout see star_hubert; `--undo` restores it.
+"""`s3prl-star link-s3prl`: s3prl's own scripts in a checkout see star_hubert; `--undo` takes it all back.
 
-The checkout is a copy of the installed s3prl package folder laid out as a git checkout
-(<tmp>/s3prl-checkout/s3prl/); s3prl's scripts run from that folder with the checkout first
-on PYTHONPATH, as s3prl's documentation runs them.
+The checkout is a git repository holding a copy of the installed s3prl 0.4.18 package folder
+(`<tmp>/s3prl-checkout/s3prl/`), laid out as s3prl's GitHub repository lays it out, with the
+entries of s3prl's own .gitignore that a run touches. It is built from the installed package
+rather than from the sdist on the package index: the tests need no network, and the copy is
+byte for byte the code the tested stack installs (the sdist's `s3prl/` holds the same modules).
+
+link-s3prl writes a .pth file into the site-packages of the Python that runs it, so the tests run
+it, and s3prl's scripts, with the Python of a throwaway environment (`isolated_python`) that sees
+the project's packages: the project's own .venv, shared by every other test, is never linked.
+No PYTHONPATH is set anywhere.
 """
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 
-from s3prl_star.link import HUB_BLOCK
+from s3prl_star.link import HUB_BLOCK, PATH_FILE_NAME, PRETRAIN_BLOCK
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).parent / "s3prl-star")
+# the lines of s3prl's .gitignore (GitHub, master) that running its scripts from the checkout touches
+S3PRL_GITIGNORE = "__pycache__/\n*.py[cod]\n*$py.class\n*.log\n"
+
+
+def isolated_python(root: Path) -> Path:
+    """A virtual environment whose site-packages also holds the project's (a .pth adding that folder
+    with its own .pth files), so link-s3prl's .pth lands in this environment only."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    (site_packages(python) / "_project_packages.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_path('purelib')!r})\n"
+    )
+    return python
+
+
+def site_packages(python: Path) -> Path:
+    return Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+
+
+def user_environment() -> dict:
+    """The caller's environment without PYTHONPATH: what a user's shell has."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+def make_checkout(root: Path) -> Path:
+    """`root/s3prl-checkout`: the installed s3prl package folder as a git checkout, committed."""
+    import s3prl
+
+    checkout = root / "s3prl-checkout"
+    shutil.copytree(Path(s3prl.__file__).parent, checkout / "s3prl", ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / ".gitignore").write_text(S3PRL_GITIGNORE)
+    git(checkout, "init", "-q")
+    git(checkout, "add", "-A")
+    git(checkout, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "s3prl 0.4.18")
+    return checkout
+
+
+def git(checkout: Path, *args) -> str:
+    return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=True).stdout
+
+
+def git_status(checkout: Path) -> list[str]:
+    return git(checkout, "status", "--porcelain", "--untracked-files=all").splitlines()
+
+
+def link_s3prl(python: Path, *args, env: dict | None = None):
+    """`s3prl-star link-s3prl ARGS` with `python` (the console script's module entry point)."""
+    return subprocess.run([str(python), "-m", "s3prl_star.cli", "link-s3prl", *map(str, args)],
+                          capture_output=True, text=True, env=env or user_environment())
+
+
+def in_checkout(python: Path, checkout: Path, *args, timeout: float = 300):
+    """`python ARGS` from the checkout's s3prl folder, as s3prl's documentation runs its scripts."""
+    return subprocess.run([str(python), *map(str, args)], cwd=checkout / "s3prl", env=user_environment(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def imported_s3prl(python: Path, cwd: Path) -> Path:
+    probe = "import importlib.util; print(importlib.util.find_spec('s3prl').origin)"
+    result = subprocess.run([str(python), "-c", probe], cwd=cwd, capture_output=True, text=True, check=True,
+                            env=user_environment())
+    return Path(result.stdout.strip()).parent
 
 
 def tree_digest(root: Path) -> dict:
-    """relative path -> sha256 (or link target) for everything except Python's byte-code caches."""
+    """relative path -> sha256 (or link target) for everything except Python's byte-code caches and .git."""
     digest = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        dirnames[:] = [d for d in dirnames if d not in ("__pycache__", ".git")]
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             path = Path(dirpath, name)
             relative = str(path.relative_to(root))
@@ -31,65 +101,92 @@ def tree_digest(root: Path) -> dict:
     return digest
 
 
+@pytest.fixture(scope="module")
+def python(tmp_path_factory):
+    return isolated_python(tmp_path_factory.mktemp("venv") / "venv")
+
+
 @pytest.fixture
 def checkout(tmp_path):
-    import s3prl
-
-    root = tmp_path / "s3prl-checkout"
-    shutil.copytree(Path(s3prl.__file__).parent, root / "s3prl", ignore=shutil.ignore_patterns("__pycache__"))
-    return root
+    return make_checkout(tmp_path)
 
 
-def cli(*args):
-    return subprocess.run([CLI, "link-s3prl", *map(str, args)], capture_output=True, text=True)
-
-
-def in_checkout(checkout: Path, *args):
-    """Run `python ARGS` from the checkout's s3prl folder, the checkout first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    return subprocess.run([sys.executable, *args], cwd=checkout / "s3prl", env=env, capture_output=True, text=True)
-
-
-def test_link_then_undo(checkout):
+@pytest.mark.slow
+def test_link_then_undo(python, checkout):
     package = checkout / "s3prl"
-    original_hub = (package / "hub.py").read_bytes()
+    installed = imported_s3prl(python, package)
     original_tree = tree_digest(checkout)
 
-    linked = cli(checkout)
+    linked = link_s3prl(python, checkout)
     assert linked.returncode == 0, linked.stderr
     assert (package / "upstream" / "star_hubert").resolve() == REPO / "upstream" / "star_hubert"
     assert (package / "pretrain" / "star_hubert").resolve() == REPO / "distill" / "star_hubert"
-    assert (package / "hub.py").read_bytes().endswith(original_hub)
-    again = cli(checkout)
-    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert (package / "hub.py").read_text().startswith(HUB_BLOCK)
+    assert (package / "pretrain" / "__init__.py").read_text().startswith(PRETRAIN_BLOCK)
+    assert (site_packages(python) / PATH_FILE_NAME).is_file()
+    assert imported_s3prl(python, package) == package  # from where s3prl's scripts run
+    assert sorted(git_status(checkout)) == [
+        " M s3prl/hub.py", " M s3prl/pretrain/__init__.py", "?? s3prl/pretrain/star_hubert",
+        "?? s3prl/upstream/star_hubert",
+    ]
+    again = link_s3prl(python, checkout)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
     assert (package / "hub.py").read_text().count(HUB_BLOCK) == 1
 
-    # The checkout's own runners see the plugin: run_downstream.py imports the checkout's
-    # s3prl.hub (the installed hub.py has no star_hubert names) and lists its names in -u's help;
-    # run_pretrain.py's -u choices are the pretrain/ folders.
-    downstream = in_checkout(checkout, "run_downstream.py", "-h")
+    # The checkout's own scripts see the plugin: run_downstream.py lists the checkout's hub names in
+    # -u's help (the installed hub.py has none); run_pretrain.py's -u choices are the pretrain/ folders.
+    downstream = in_checkout(python, checkout, "run_downstream.py", "-h")
     assert downstream.returncode == 0, downstream.stderr[-3000:]
     assert "'star_hubert_local'" in downstream.stdout
-    pretrain = in_checkout(checkout, "run_pretrain.py", "-h")
+    pretrain = in_checkout(python, checkout, "run_pretrain.py", "-h")
     assert pretrain.returncode == 0, pretrain.stderr[-3000:]
     assert "star_hubert" in pretrain.stdout
 
-    undone = cli("--undo", checkout)
+    undone = link_s3prl(python, "--undo", checkout)
     assert undone.returncode == 0, undone.stderr
-    assert (package / "hub.py").read_bytes() == original_hub
+    assert git_status(checkout) == []
     assert tree_digest(checkout) == original_tree
+    assert not (site_packages(python) / PATH_FILE_NAME).exists()
+    assert imported_s3prl(python, package) == installed
 
 
-def test_refuses_a_folder_that_is_not_a_checkout(tmp_path):
-    result = cli(tmp_path)
+def test_link_says_when_the_checkout_is_not_the_imported_s3prl(python, checkout, tmp_path):
+    """PYTHONPATH naming another s3prl wins over the .pth: link-s3prl says so, and how to fix it."""
+    other = tmp_path / "elsewhere" / "s3prl"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    result = link_s3prl(python, checkout, env={**user_environment(), "PYTHONPATH": str(other.parent)})
     assert result.returncode == 1
-    assert "hub.py is missing" in result.stderr
+    assert f"imports s3prl from {other / '__init__.py'}, not from {checkout / 's3prl'}" in result.stderr
+    assert "Unset PYTHONPATH" in result.stderr
+    assert link_s3prl(python, "--undo", checkout).returncode == 0
+    assert git_status(checkout) == []
 
 
-def test_undo_leaves_a_real_folder_alone(checkout):
+def test_a_second_checkout_is_refused_until_the_first_is_undone(python, tmp_path):
+    first, second = make_checkout(tmp_path / "a"), make_checkout(tmp_path / "b")
+    assert link_s3prl(python, first).returncode == 0
+    try:
+        refused = link_s3prl(python, second)
+        assert refused.returncode == 1
+        assert f"{PATH_FILE_NAME} links another s3prl checkout" in refused.stderr and str(first) in refused.stderr
+        assert git_status(second) == []
+    finally:
+        assert link_s3prl(python, "--undo", first).returncode == 0
+    assert link_s3prl(python, second).returncode == 0
+    assert link_s3prl(python, "--undo", second).returncode == 0
+
+
+def test_refuses_a_folder_that_is_not_a_checkout(python, tmp_path):
+    result = link_s3prl(python, tmp_path)
+    assert result.returncode == 1
+    assert "not an s3prl checkout" in result.stderr and "is missing" in result.stderr
+
+
+def test_undo_leaves_a_real_folder_alone(python, checkout):
     own = checkout / "s3prl" / "upstream" / "star_hubert"
     own.mkdir()
-    assert cli(checkout).returncode == 1  # link refuses to shadow it
-    result = cli("--undo", checkout)
+    assert link_s3prl(python, checkout).returncode == 1  # link refuses to shadow it
+    result = link_s3prl(python, "--undo", checkout)
     assert result.returncode == 1 and "not a link" in result.stderr
     assert own.is_dir() and not own.is_symlink()

@@ -166,27 +166,31 @@ def test_config_round_trip_and_errors():
         StarHubertConfig(encoder_attention_heads=5)
 
 
-def test_distiller_yaml_fields(tmp_path):
-    yaml_path = tmp_path / "star.yaml"
-    yaml_path.write_text(
-        "distiller:\n"
-        "  conv_feature_layers: '[(128,10,5)] + [(256,1,1)] + [(256,3,2)]*4 + [(432,1,1)] + [(432,2,2)]*2'\n"
-        "  extractor_mode: default\n  conv_bias: false\n  encoder_layers: 12\n  encoder_embed_dim: 432\n"
-        "  encoder_ffn_embed_dim: 976\n  encoder_attention_heads: 8\n  conv_pos: 128\n  conv_pos_groups: 16\n"
-        "  layer_norm_first: false\n  dropout: 0.1\n  attention_dropout: 0.1\n  activation_dropout: 0.1\n"
-        "  dropout_input: 0.05\n  activation_fn: gelu\n  final_dim: 256\n  encoder_layerdrop: 0.0\n"
-    )
-    assert StarHubertConfig.from_distiller_yaml(yaml_path) == PRESETS["star_hubert"]
-    yaml_path.write_text("distiller:\n  encoder_layers: 12\n  encoder_width: 432\n")
-    with pytest.raises(ValueError, match=f"{yaml_path}.*encoder_width"):
-        StarHubertConfig.from_distiller_yaml(yaml_path)
-    yaml_path.write_text("model:\n  encoder_layers: 12\n")
-    with pytest.raises(ValueError, match="distiller"):
-        StarHubertConfig.from_distiller_yaml(yaml_path)
-
-
 def test_conv_layer_notation_is_parsed_without_eval():
     assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 2") == ((512, 10, 5), (512, 3, 2), (512, 3, 2))
     for text in ("__import__('os').system('true')", "[(1,2)]", "[(1.5,2,3)]"):
         with pytest.raises(ValueError, match="conv layers"):
             parse_conv_layers(text)
+
+
+@pytest.mark.parametrize("layer_norm_first", [False, True])
+def test_attention_maps_are_the_head_mean_of_softmax_qk(layer_norm_first):
+    """Each returned map equals mean over heads of softmax(Q K^T / sqrt(d_head)) over valid keys, built
+    here from the layer's own q/k projections of the input its attention receives."""
+    torch.manual_seed(0)
+    model = StarHubert(dataclasses.replace(TINY_CONFIG, layer_norm_first=layer_norm_first)).eval()
+    inputs = []
+    hooks = [layer.self_attn.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+             for layer in model.encoder.layers]
+    waveforms, lengths = torch.randn(2, 8000), torch.tensor([8000, 5000])
+    with torch.no_grad():
+        out = model(waveforms, lengths, need_attention=True)
+    for hook in hooks:
+        hook.remove()
+    heads = TINY_CONFIG.encoder_attention_heads
+    for layer, x, attention in zip(model.encoder.layers, inputs, out.attentions):
+        q, k = (proj(x).unflatten(-1, (heads, -1)).transpose(1, 2) for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj))
+        scores = q @ k.transpose(-2, -1) / (q.size(-1) ** 0.5)
+        expected = scores.masked_fill(out.padding_mask[:, None, None, :], float("-inf")).softmax(-1).mean(dim=1)
+        valid = ~out.padding_mask[:, :, None]
+        torch.testing.assert_close(attention * valid, expected * valid, rtol=0, atol=1e-6)

@@ -7,9 +7,11 @@ shared with test_distill_ddp.py and test_distill_resume.py.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,7 @@ def write_configs(directory: Path, *, teacher: Path, corpus: Path, csv_dir: Path
     run = {
         "runner": {**shipped["runner"], "max_keep": 100, **runner},
         "optimizer": shipped["optimizer"],
-        "scheduler": shipped["scheduler"],
+        "scheduler": {**shipped["scheduler"], "num_warmup_steps": 1},  # 5 % of the tiny runs' steps
         "pretrain_expert": {"datarc": {
             "libri_root": str(corpus), "file_path": str(csv_dir), "sets": ["train-clean-100"],
             "max_length": None, "num_workers": 0, **datarc,
@@ -197,9 +199,8 @@ def _load_s3prl_module(name: str):
 
 
 def test_shipped_runner_configs_give_the_papers_optimiser():
-    """AdamW lr 1e-3, betas (0.9, 0.98), eps 1e-6 through s3prl's get_optimizer; 5 % linear warm-up then
-    cosine to 0 through s3prl's get_scheduler (warm-up as the driver converts it); batch 24 x 2."""
-    optimizers, schedulers = _load_s3prl_module("optimizers"), _load_s3prl_module("schedulers")
+    """AdamW lr 1e-3, betas (0.9, 0.98), eps 1e-6 through s3prl's get_optimizer; batch 24 x 2."""
+    optimizers = _load_s3prl_module("optimizers")
     for name, sets in (("config_runner.yaml", ["train-clean-100"]),
                        ("config_runner_960h.yaml", ["train-clean-100", "train-clean-360", "train-other-500"])):
         config = yaml.safe_load((EXPERT_DIR / name).read_text())
@@ -210,11 +211,44 @@ def test_shipped_runner_configs_give_the_papers_optimiser():
         assert type(optimizer) is torch.optim.AdamW
         group = optimizer.param_groups[0]
         assert (group["lr"], tuple(group["betas"]), group["eps"]) == (1e-3, (0.9, 0.98), 1e-6)
-        options = dict(config["scheduler"])
-        options["num_warmup_steps"] = round(options.pop("warmup_proportion") * 1000)
-        scheduler = schedulers.get_scheduler(optimizer, 1000, options)
-        factors = [scheduler.lr_lambdas[0](step) for step in (0, 25, 50, 525, 1000)]
-        assert factors == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0], abs=1e-12)
+
+
+@pytest.mark.parametrize("name, utterances", [("config_runner.yaml", 28_539), ("config_runner_960h.yaml", 281_241)])
+def test_shipped_runner_configs_schedule_in_s3prls_own_runner(name, utterances, monkeypatch):
+    """The learning rate s3prl's plain pretrain Runner gives with a shipped config (as `run_pretrain.py`
+    in a checkout builds it): linear warm-up over 5 % of the steps, then cosine decay to 0 at the
+    last step, the steps being the epochs of LibriSpeech in length-sorted batches (n_epochs x
+    utterances // 24 / 2 accumulated)."""
+    import s3prl
+
+    config = yaml.safe_load((EXPERT_DIR / name).read_text())
+    for module in ("optimizers", "schedulers"):  # pretrain/runner.py imports them as top-level modules
+        monkeypatch.setitem(sys.modules, module, _load_s3prl_module(module))
+    spec = importlib.util.spec_from_file_location("s3prl_pretrain_runner", Path(s3prl.__file__).parent / "pretrain" / "runner.py")
+    runner_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner_module)
+    runner = types.SimpleNamespace(config=config, init_ckpt={})  # what the two methods read
+    optimizer = runner_module.Runner._get_optimizer(runner, [torch.nn.Linear(1, 1)])
+    scheduler = runner_module.Runner._get_scheduler(runner, optimizer)
+
+    epochs = 200 if name == "config_runner.yaml" else 20
+    total = epochs * (utterances // config["pretrain_expert"]["datarc"]["train_batch_size"]) // 2
+    assert config["runner"]["total_steps"] == total and config["runner"]["n_epochs"] == -1
+    warmup = round(0.05 * total)
+    rate = {step: 1e-3 * scheduler.lr_lambdas[0](step) for step in range(0, total + 1, 50)}
+    quarter = warmup + (total - warmup) // 4
+    rate |= {step: 1e-3 * scheduler.lr_lambdas[0](step) for step in (warmup // 2, warmup, quarter, (warmup + total) // 2, total)}
+    assert optimizer.param_groups[0]["lr"] == 0.0  # step 0, as the runner starts
+    assert rate[warmup // 2] == pytest.approx(0.5e-3, rel=1e-3) and rate[warmup] == pytest.approx(1e-3)
+    assert rate[quarter] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)), rel=1e-3)  # cosine, not linear
+    assert rate[(warmup + total) // 2] == pytest.approx(0.5e-3, rel=1e-3) and rate[total] == pytest.approx(0.0, abs=1e-15)
+    steps = sorted(rate)
+    warming = [rate[step] for step in steps if step <= warmup]
+    decaying = [rate[step] for step in steps if step >= warmup]
+    assert warming == sorted(warming) and decaying == sorted(decaying, reverse=True)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / warmup)  # what the first step after uses
 
 
 def test_shipped_model_config_is_the_star_hubert_preset():

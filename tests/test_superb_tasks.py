@@ -4,12 +4,12 @@
   keeps s3prl's default learning rate, except SID at 10x (STAR_SPEC.md section 4).
 - After `s3prl_star.compat.apply()`, each task's s3prl expert module (`s3prl.downstream.<d>.expert`)
   imports in a fresh interpreter, i.e. its undeclared dependencies (the `superb` extra) are there.
-- PR and SF (`-d ctc`): s3prl's data loader, given the recipe's corpus block, fails on the corpus
-  module the PyPI s3prl does not ship (the documented limitation; downstream_recipes/README.md).
-Slow (about 2 min in all): KS, ER and SD train a few steps then evaluate in a fresh process
-(`-m evaluate -e`), QbE scores every query against every document, each on espeak-ng speech in its
-corpus' layout; ASV builds its data and stops at s3prl's CUDA-only forward (its length cache is
-checked). Only step counts, batch sizes and workers are overridden (-o), to fit CI.
+- PR and SF (`-d ctc`) train and evaluate in tests/test_superb_ctc.py (this project's corpus readers,
+  which the PyPI s3prl lacks, on LibriSpeech- and Audio-SNIPS-layout data).
+Slow: KS, ER and SD train a few steps then evaluate in a fresh process (`-m evaluate -e`), QbE scores
+every query against every document per layer, ASV trains then evaluates each saved checkpoint, each on
+espeak-ng speech in its corpus' layout; QbE, SD and ASV end in their SUPERB metric (QbE_mtwv, SD_der,
+ASV_eer; printed). Only step counts, batch sizes and workers are overridden (-o), to fit CI.
 """
 import hashlib
 import json
@@ -18,14 +18,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import yaml
 
-from helpers import RECIPES, downstream_output, run_downstream, train_args, train_then_evaluate
+from helpers import RECIPES, run_downstream, train_args, train_then_evaluate
+from s3prl_star.superb.asv import eer_of_output, eer_of_run
+from s3prl_star.superb.diarization import der_of_run, read_rttm
+from s3prl_star.superb.qbe import best_layer_on_dev, mtwv_of_run, read_scores
 from s3prl_star.synthetic import SAMPLE_RATE, require_tools, make_sentence, synthesise
+from test_superb_scoring import frames_of, write_quesst_ground_truth, write_run
 
 # task -> (recipe folder, s3prl -d name, s3prl's default SUPERB learning rate)
 TASKS = {
@@ -40,8 +44,6 @@ TASKS = {
     "SF": ("sf", "ctc", 1.0e-4),
     "ER": ("emotion", "emotion", 1.0e-4),
 }
-# The package s3prl's ctc/data.py imports each `-d ctc` corpus from (libriphone for PR, snips for SF).
-CTC_CORPUS_PACKAGE = "s3prl.downstream.ctc.corpus"
 
 
 def load_recipe(task: str) -> dict:
@@ -92,30 +94,6 @@ def expert_imports():
 def test_task_expert_imports(task, expert_imports):
     module = f"s3prl.downstream.{TASKS[task][1]}.expert"
     assert expert_imports[module] == "ok", f"{task}: {expert_imports[module]}"
-
-
-@pytest.mark.parametrize("task", ["PR", "SF"])
-def test_ctc_recipes_need_the_corpus_module_pypi_s3prl_lacks(task):
-    """s3prl's own loader, fed the recipe's corpus block, stops at the missing corpus package.
-
-    A wrong corpus `name` would raise NotImplementedError instead; once the corpus modules are
-    provided this test fails, and PR/SF then need a train+evaluate test like the other tasks.
-    """
-    corpus = load_recipe(task)["downstream_expert"]["corpus"]
-    code = (
-        "import json, sys\n"
-        "import s3prl_star.compat\n"
-        "s3prl_star.compat.apply()\n"
-        "from s3prl.downstream.ctc.data import create_dataset\n"
-        "corpus = json.loads(sys.argv[1])\n"
-        "try:\n"
-        "    create_dataset('train', None, **corpus)\n"
-        "except ModuleNotFoundError as error:\n"
-        "    print(error.name)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(corpus)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.strip() == CTC_CORPUS_PACKAGE, result.stdout + result.stderr[-2000:]
 
 
 # --- slow: the recipes train and evaluate on espeak-ng data in each corpus' layout -------------
@@ -207,51 +185,79 @@ def test_emotion_recognition_trains_then_evaluates(tmp_path, tiny_student_checkp
                         train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
 
 
+QUESST_PHRASES = ("the red boat", "a quiet river", "the old lamp")
+
+
 def make_quesst14(root: Path) -> Path:
-    """QUESST 2014 layout: Audio/ documents, dev_queries/ and eval_queries/, scoring/language_key_*.lst."""
-    phrases = ("the red boat", "a quiet river", "the old lamp")
-    documents = [f"doc_{i}" for i in range(len(phrases))]
-    (root / "scoring").mkdir(parents=True)
-    keys = {"utterances": [], "dev": [], "eval": []}
-    for index, phrase in enumerate(phrases):
-        speak(root / "Audio" / f"{documents[index]}.wav", f"yesterday {phrase} was near the house", VOICES[index])
-        keys["utterances"].append(f"quesst14Database/Audio/{documents[index]}.wav nnenglish")
-        for split in ("dev", "eval"):
-            name = f"quesst14_{split}_{index:04d}"
-            speak(root / f"{split}_queries" / f"{name}.wav", phrase, VOICES[3 + (split == "eval")])
-            keys[split].append(f"quesst14Database/{split}_queries/{name}.wav nnenglish")
-    keys["utterances"].append("quesst14Database/Audio/doc_other.wav nnbasque")  # not English: skipped
+    """QUESST 2014 layout: Audio/ documents, dev_queries/ and eval_queries/, scoring/language_key_*.lst and the
+    ground truth scoring/groundtruth_quesst14_{dev,eval}/ (`test_superb_scoring.write_quesst_ground_truth`).
+
+    English document i is a sentence around phrase i; its dev and eval queries are that phrase's own samples,
+    so a working detector finds them. A Basque document and one Basque query per split are in the lists and
+    the ground truth only (s3prl skips them): that query counts as all missed, so MTWV <= 3/4 here.
+    """
+    tools = require_tools()
+    for folder in ("Audio", "dev_queries", "eval_queries", "scoring"):
+        (root / folder).mkdir(parents=True)
+    documents = [f"quesst14_{index:05d}" for index in range(1, len(QUESST_PHRASES) + 2)]
+    keys = {"utterances": [f"quesst14Database/Audio/{document}.wav nnenglish" for document in documents[:-1]]
+            + [f"quesst14Database/Audio/{documents[-1]}.wav nnbasque"]}
+    phrases = []
+    for index, phrase in enumerate(QUESST_PHRASES):
+        parts = [synthesise(text, VOICES[index], tools) for text in ("yesterday", phrase, "was near the house")]
+        sf.write(root / "Audio" / f"{documents[index]}.wav", np.concatenate(parts), SAMPLE_RATE, subtype="PCM_16")
+        phrases.append(parts[1])
+    for split in ("dev", "eval"):
+        queries = [f"quesst14_{split}_{index:04d}" for index in range(1, len(documents) + 1)]
+        for query, samples in zip(queries, phrases):
+            sf.write(root / f"{split}_queries" / f"{query}.wav", samples, SAMPLE_RATE, subtype="PCM_16")
+        keys[split] = [f"quesst14Database/{split}_queries/{query}.wav nnenglish" for query in queries[:-1]] + [
+            f"quesst14Database/{split}_queries/{queries[-1]}.wav nnbasque"]
+        write_quesst_ground_truth(root / "scoring" / f"groundtruth_quesst14_{split}", split, documents, queries,
+                                  {query: [document] for query, document in zip(queries, documents)})
     for split, lines in keys.items():
         (root / "scoring" / f"language_key_{split}.lst").write_text("\n".join(lines) + "\n")
     return root
 
 
-@pytest.mark.slow
-def test_query_by_example_writes_the_detection_list(tmp_path, tiny_student_checkpoint):
-    corpus = make_quesst14(tmp_path / "quesst14Database")
-    expdir = tmp_path / "qbe_dev"
+def run_query_by_example(corpus: Path, checkpoint: Path, split: str, layer: int, expdir: Path) -> float:
+    """MTWV of `s3prl-star downstream -m evaluate -t SPLIT -l LAYER -d quesst14_dtw` on `corpus`."""
     run_downstream(
-        ["-m", "evaluate", "-t", "dev", "-u", "star_hubert", "-k", str(tiny_student_checkpoint), "-d", "quesst14_dtw",
-         "-c", str(RECIPES / "quesst14_dtw" / "config.yaml"), "-l", "6", "-p", str(expdir),
+        ["-m", "evaluate", "-t", split, "-u", "star_hubert", "-k", str(checkpoint), "-d", "quesst14_dtw",
+         "-c", str(RECIPES / "quesst14_dtw" / "config.yaml"), "-l", str(layer), "-p", str(expdir),
          "-o", f"config.downstream_expert.datarc.dataset_root={corpus},,config.downstream_expert.datarc.num_workers=0,,"
                "config.downstream_expert.max_workers=2"],
         r"DTW",
     )
-    from lxml import etree
+    return mtwv_of_run(expdir, corpus, split)
 
-    termlists = etree.parse(str(expdir / "benchmark.stdlist.xml")).getroot()
-    scored = {term.get("termid"): {hit.get("file") for hit in term} for term in termlists}
-    assert scored == {f"quesst14_dev_{i:04d}": {"doc_0", "doc_1", "doc_2"} for i in range(3)}, scored
+
+@pytest.mark.slow
+def test_query_by_example_ends_in_the_test_mtwv_of_the_best_dev_layer(tmp_path, tiny_student_checkpoint):
+    """SUPERB's QbE protocol: DTW scores of every English query against every English document per layer on
+    dev, the best dev layer's test MTWV (QbE_mtwv, raw). The queries are their documents' own samples, so
+    the detector finds something (MTWV > 0); the unscored Basque query caps it at 3/4."""
+    corpus = make_quesst14(tmp_path / "quesst14Database")
+    dev_expdirs = {layer: tmp_path / f"qbe_{layer}_dev" for layer in (0, 11)}
+    for layer, expdir in dev_expdirs.items():
+        run_query_by_example(corpus, tiny_student_checkpoint, "dev", layer, expdir)
+    layer, dev_mtwv = best_layer_on_dev(dev_expdirs, corpus)
+    scored = {(query, document) for query, document in read_scores(dev_expdirs[layer] / "benchmark.stdlist.xml")}
+    assert scored == {(f"quesst14_dev_{q:04d}", f"quesst14_{d:05d}") for q in (1, 2, 3) for d in (1, 2, 3)}, scored
+    value = run_query_by_example(corpus, tiny_student_checkpoint, "test", layer, tmp_path / f"qbe_{layer}_test")
+    print("QbE_mtwv", value, "layer", layer, "dev", dev_mtwv)
+    assert 0 < value <= 0.75
 
 
 def make_diarization_dirs(root: Path) -> dict:
-    """Kaldi data dirs (wav.scp, segments, utt2spk, spk2utt, reco2dur) of 2-speaker overlapped mixtures."""
+    """Kaldi data dirs (wav.scp, segments, utt2spk, spk2utt, reco2dur, rttm) of 2-speaker overlapped mixtures,
+    as LibriMix's prepare_diarization.py writes them (`rttm`: one SPEAKER line per segment)."""
     rng = random.Random(0)
     dirs = {}
     for split, recordings in (("train", 3), ("dev", 1), ("test", 1)):
         data_dir = root / split
         (data_dir / "wav").mkdir(parents=True)
-        files = {name: [] for name in ("wav.scp", "segments", "utt2spk", "reco2dur")}
+        files = {name: [] for name in ("wav.scp", "segments", "utt2spk", "reco2dur", "rttm")}
         for index in range(recordings):
             record = f"{split}{index}"
             voices = rng.sample(VOICES, 2)
@@ -270,6 +276,8 @@ def make_diarization_dirs(root: Path) -> dict:
                 utterance = f"{speaker_id}-{record}"
                 files["segments"].append(f"{utterance} {record} {begin / SAMPLE_RATE:.4f} {(begin + len(samples)) / SAMPLE_RATE:.4f}")
                 files["utt2spk"].append(f"{utterance} {speaker_id}")
+                files["rttm"].append(f"SPEAKER {record} 1 {begin / SAMPLE_RATE:.4f} {len(samples) / SAMPLE_RATE:.4f} "
+                                     f"<NA> <NA> {speaker_id} <NA> <NA>")
         for name, lines in files.items():
             (data_dir / name).write_text("\n".join(sorted(lines)) + "\n")
         speakers = {}
@@ -282,7 +290,10 @@ def make_diarization_dirs(root: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_speaker_diarization_trains_then_writes_predictions(tmp_path, tiny_student_checkpoint):
+def test_speaker_diarization_trains_then_ends_in_der(tmp_path, tiny_student_checkpoint):
+    """Train, evaluate the checkpoint (predictions), then SUPERB's DER (SD_der, percent): the lowest over
+    score.sh's median/threshold settings. The reference itself, made into predictions at the run's frame
+    shift and length, must score about 0: the predictions' time base is the reference's."""
     dirs = make_diarization_dirs(tmp_path / "sd")
     expdir = tmp_path / "sd_exp"
     overrides = (
@@ -294,6 +305,15 @@ def test_speaker_diarization_trains_then_writes_predictions(tmp_path, tiny_stude
     train_then_evaluate("diarization", tiny_student_checkpoint, expdir, overrides, dev_and_test_logged=False,
                         train_line=r"mode dev acc [0-9.]+ der [0-9.]+", evaluate_line=r"mode test acc [0-9.]+ der [0-9.]+")
     assert sorted(path.name for path in (expdir / "scoring" / "predictions").iterdir()) == ["test0.h5"]
+    value = der_of_run(expdir, dirs["test"])
+    print("SD_der", value)
+    assert 0 <= value < float("inf")
+    with h5py.File(expdir / "scoring" / "predictions" / "test0.h5", "r") as file:
+        frames = file["T_hat"].shape[0]
+    frame_shift = int((expdir / "frame_shift").read_text())
+    write_run(tmp_path / "sd_oracle", {"test0": frames_of(read_rttm(dirs["test"] / "rttm"), frames, frame_shift)},
+              frame_shift)
+    assert der_of_run(tmp_path / "sd_oracle", dirs["test"]) < 2.0  # 20 ms frames vs 0.1 ms reference times
 
 
 def make_voxceleb1_verification(root: Path) -> dict:
@@ -324,31 +344,28 @@ def s3prl_asv_cache_state():
     return None if not cache.exists() else sorted((p.name, p.stat().st_mtime_ns) for p in cache.iterdir())
 
 
-def run_downstream_until_cuda(args) -> str:
-    """Run `s3prl-star downstream ARGS` on CPU where s3prl's ASV expert needs CUDA: it must get as far as
-    the expert's forward, which moves its attention mask with `.cuda()` (sv_voxceleb1/expert.py)."""
-    returncode, output = downstream_output(args)
-    assert returncode != 0 and "attention_mask_pad.cuda()" in output, output[-4000:]
-    return output
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only limitation of s3prl's ASV expert")
-def test_speaker_verification_builds_its_data_with_a_per_experiment_length_cache(tmp_path, tiny_student_checkpoint):
-    """ASV on CPU: the recipe builds s3prl's datasets (silence-trimmed lengths via sox) and model, then stops
-    at the expert's hard-coded `.cuda()`; the length cache lives in the experiment, not in site-packages."""
+def test_speaker_verification_trains_on_any_device_then_ends_in_the_lowest_checkpoint_eer(tmp_path, tiny_student_checkpoint):
+    """ASV with --device cpu (s3prl's expert calls .cuda() whatever --device says): train 4 steps saving
+    states-2 and states-4, evaluate each on the test trials, ASV_eer = the lowest EER (percent). The
+    silence-trimmed length cache is computed once, in the experiment (not in site-packages), and reused by
+    every checkpoint's evaluation."""
     cache_before = s3prl_asv_cache_state()
     data = make_voxceleb1_verification(tmp_path / "VoxCeleb1")
     overrides = ",,".join(f"config.downstream_expert.datarc.{key}={value}" for key, value in data.items())
     overrides += (
         ",,config.downstream_expert.datarc.vad_config.min_sec=8000,,"  # espeak utterances are short
-        "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=2"
+        "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=2,,"
+        "config.runner.save_step=2"
     )
-    first = run_downstream_until_cuda(train_args("sv_voxceleb1", tiny_student_checkpoint, tmp_path / "asv_a", overrides))
-    assert "Preprocessing" in first  # the lengths are computed for this experiment ...
-    assert (tmp_path / "asv_a" / ".wav_lengths" / "Voxceleb1_length.pt").is_file()
-    again = run_downstream_until_cuda(train_args("sv_voxceleb1", tiny_student_checkpoint, tmp_path / "asv_a", overrides))
-    assert "Preprocessing" not in again  # ... reused by the same experiment ...
-    other = run_downstream_until_cuda(train_args("sv_voxceleb1", tiny_student_checkpoint, tmp_path / "asv_b", overrides))
-    assert "Preprocessing" in other  # ... and not by another one
+    expdir = tmp_path / "asv"
+    training = run_downstream(train_args("sv_voxceleb1", tiny_student_checkpoint, expdir, overrides),
+                              r"^sv-voxceleb1/train-loss: [0-9.]+$")
+    assert "Preprocessing" in training and (expdir / ".wav_lengths" / "Voxceleb1_length.pt").is_file()
+    value, checkpoint = eer_of_run(expdir, "cpu")  # --device cpu, as the training (also where CUDA is)
+    print("ASV_eer", value, checkpoint.name)
+    logs = {name: (expdir / name / "log.txt").read_text() for name in ("states-2", "states-4")}
+    assert not any("Preprocessing" in log for log in logs.values())
+    assert value == pytest.approx(100 * min(eer_of_output(log) for log in logs.values()))
+    assert value == pytest.approx(100 * eer_of_output(logs[checkpoint.stem])) and 0 <= value <= 100
     assert s3prl_asv_cache_state() == cache_before

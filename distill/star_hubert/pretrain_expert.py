@@ -16,7 +16,8 @@ optional field overrides, or every StarHubertConfig field), `teacher` (`name`, `
 `model_config`, `layer_map`), `objective` (StarLossConfig fields), `precision` (bf16 | fp32).
 datarc (config_runner.yaml `pretrain_expert.datarc`): `libri_root`, `file_path` (folder of the
 length CSVs), `sets` (CSV names), `train_batch_size` (per process), `max_length` (samples; longer
-utterances are dropped, null keeps all), `num_workers`. Relative paths are relative to the
+utterances are dropped, null keeps all), `num_workers`, `skip_unreadable` (false: an audio file that
+cannot be decoded stops the run, named; true: it is named on stderr and left out of its batch). Relative paths are relative to the
 directory `s3prl-star pretrain` runs in.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from s3prl_star.config_check import DATARC_TYPES
 from s3prl_star.data import LengthBucketBatchSampler, WaveformDataset, collate_waveforms, load_length_csvs
 from s3prl_star.losses import StarLoss, StarLossConfig
 from s3prl_star.model import PRESETS, StarHubert, StarHubertConfig
@@ -42,7 +44,7 @@ from s3prl_star.teacher import Teacher, resolve_layer_map
 
 MODEL_KEYS = {"student", "teacher", "objective", "precision"}
 TEACHER_KEYS = {"name", "ckpt", "model_config", "layer_map"}
-DATARC_KEYS = {"libri_root", "file_path", "sets", "train_batch_size", "max_length", "num_workers"}
+DATARC_KEYS = set(DATARC_TYPES)  # types checked by s3prl-star pretrain before the runner starts
 PRECISIONS = ("bf16", "fp32")
 
 
@@ -54,7 +56,8 @@ class UpstreamPretrainExpert(nn.Module):
         if multi_gpu:
             raise ValueError("--multi_gpu (DataParallel) is not supported: launch with torchrun for DDP")
         self.upstream_config, source = load_model_config(upstream_config)
-        self.datarc = check_keys(datarc, DATARC_KEYS, DATARC_KEYS - {"max_length"}, "pretrain_expert.datarc")
+        self.datarc = check_keys(datarc, DATARC_KEYS, DATARC_KEYS - {"max_length", "skip_unreadable"},
+                                 "pretrain_expert.datarc")
         self.rank, self.world_size = join_process_group(device)
         self.device = torch.device(device)
         if self.device.type == "cuda":
@@ -78,7 +81,8 @@ class UpstreamPretrainExpert(nn.Module):
             self.model = DistributedDataParallel(self.student, device_ids=device_ids)
 
         csvs = [os.path.join(self.datarc["file_path"], f"{name}.csv") for name in self.datarc["sets"]]
-        self.waveforms = WaveformDataset(load_length_csvs(csvs, self.datarc["libri_root"], self.datarc.get("max_length")))
+        self.waveforms = WaveformDataset(load_length_csvs(csvs, self.datarc["libri_root"], self.datarc.get("max_length")),
+                                         skip_unreadable=self.datarc.get("skip_unreadable", False))
         # run_pretrain.py seeds torch with --seed before building the expert: the data order follows it
         buckets = LengthBucketBatchSampler(
             self.waveforms.lengths, self.datarc["train_batch_size"], world_size=self.world_size, rank=self.rank,

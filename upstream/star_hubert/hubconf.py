@@ -5,7 +5,9 @@ exactly the entry names. The compatibility shims are applied here too (idempoten
 checkout whose hub.py imports this module directly.
 """
 from s3prl_star import compat as _compat
-from s3prl_star.hub import ENTRY_NAMES, star_hubert, star_hubert_local, star_hubert_url, star_hubert_with_feature
+from s3prl_star.hub import (
+    ENTRY_NAMES, star_hubert, star_hubert_int8, star_hubert_local, star_hubert_url, star_hubert_with_feature,
+)
 
 _compat.apply()
 
