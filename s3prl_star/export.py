@@ -90,8 +90,8 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("-o", "--output", required=True, type=Path, help="file to write (.pt for torchscript, .onnx)")
     parser.add_argument("--include-feature", action="store_true", help="also output the pre-transformer feature (first)")
     parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                        help="int8: weights of every MatMul and Conv quantised by onnxruntime, about 2x faster on "
-                             "a CPU (s3prl_star.inference; --format onnx only)")
+                        help="int8: the linear layers' weights quantised by onnxruntime for faster CPU inference "
+                             "(s3prl_star.inference; --format onnx only)")
     args = parser.parse_args(argv)
     if args.precision == "int8" and args.format != "onnx":
         parser.error(f"--precision int8 needs --format onnx, found --format {args.format}")

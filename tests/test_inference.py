@@ -79,7 +79,7 @@ def test_export_int8_writes_a_quantised_graph(tiny_student, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     operators = {node.op_type for node in onnx.load(str(output)).graph.node}
-    assert {"MatMulInteger", "ConvInteger"} <= operators, sorted(operators)
+    assert "MatMulInteger" in operators, sorted(operators)
     waveforms, lengths = batch()
     reference, padding_mask = eager_states(model, waveforms, lengths)
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
