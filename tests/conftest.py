@@ -49,3 +49,26 @@ def tiny_student(tmp_path_factory):
 def tiny_student_checkpoint(tiny_student):
     """Path of the `tiny_student` file, as `-k` / `s3prl-star export` take it."""
     return tiny_student[0]
+
+
+# SUPERB metrics the task tests measured, in their keys of SUPERB_SPEC.md section 4: listed at the end of
+# the run (pytest captures a passing test's prints), so the CI log shows every task's number.
+MEASURED_METRICS: list[tuple[str, float, str]] = []
+
+
+@pytest.fixture
+def superb_metric(request):
+    """`superb_metric(key, value)` records a metric this test measured (key of SUPERB_SPEC.md section 4,
+    e.g. "ASR_wer" in percent, "QbE_mtwv" raw) for the run's summary."""
+
+    def record(key: str, value: float):
+        MEASURED_METRICS.append((key, float(value), request.node.nodeid))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED_METRICS:
+        terminalreporter.section("SUPERB metrics measured by the task tests (tiny random student, generated data)")
+        for key, value, nodeid in sorted(MEASURED_METRICS):
+            terminalreporter.write_line(f"{key:<9} {value:9.3f}  {nodeid}")

@@ -71,6 +71,13 @@ def run_downstream(args, expected_line: str) -> str:
     return output
 
 
+def printed_accuracy(output: str) -> float:
+    """The fraction of the last `test acc: v` line a classification task's evaluation printed."""
+    values = re.findall(r"^test acc: ([0-9.]+)$", output, re.MULTILINE)
+    assert values, f"no 'test acc: v' line in:\n{output[-4000:]}"
+    return float(values[-1])
+
+
 def assert_dev_and_test_logged(expdir: Path):
     """The expert's log.log has the dev and the test score of the last step (tasks with both splits)."""
     log = (expdir / "log.log").read_text()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from helpers import STEPS, assert_dev_and_test_logged, run_downstream, train_args
+from helpers import STEPS, assert_dev_and_test_logged, printed_accuracy, run_downstream, train_args
 
 SPLIT_IDS = {"train": 1, "dev": 2, "test": 3}
 
@@ -85,7 +85,7 @@ def speakers(path: Path) -> dict[str, str]:
     return dict(line.split(" ") for line in path.read_text().splitlines())
 
 
-def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_student_checkpoint):
+def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_student_checkpoint, superb_metric):
     cache_before = site_packages_cache_state()
     first = make_voxceleb1(tmp_path / "vox_a", ("en-us", "en-us+m1", "en-us+f2"),
                            {"train": 2, "dev": 1, "test": 1}, video="videoA", seed=1)
@@ -106,7 +106,8 @@ def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_s
     checkpoint = tmp_path / "sid_a" / f"states-{STEPS}.ckpt"
     output = run_downstream(["-m", "evaluate", "-e", str(checkpoint)], r"^test acc: [0-9.]+$")
     assert listed_counts(output) == [first.counts[s] for s in SPLIT_IDS], output[-4000:]
-    accuracy = float(re.search(r"^test acc: ([0-9.]+)$", output, re.MULTILINE).group(1))
+    accuracy = printed_accuracy(output)
+    superb_metric("SID_acc", 100 * accuracy)
     # The same evaluation's per-utterance outputs (`<speaker>-<video>-<utt>` names): the truth is each
     # name's speaker, and the printed accuracy is the rate at which the predicted speaker equals it.
     predicted, truth = (speakers(tmp_path / "sid_a" / f"test_{kind}.txt") for kind in ("predict", "truth"))

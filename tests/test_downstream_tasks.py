@@ -17,7 +17,7 @@ import editdistance
 import pytest
 import soundfile as sf
 
-from helpers import CLI, RECIPES, train_then_evaluate
+from helpers import CLI, RECIPES, printed_accuracy, train_then_evaluate
 
 # (transcription, action, object, location): each class value occurs in every split.
 COMMANDS = (
@@ -51,7 +51,7 @@ def make_fluent_commands(root: Path) -> Path:
     return root
 
 
-def test_intent_classification_trains_then_evaluates(tmp_path, tiny_student_checkpoint):
+def test_intent_classification_trains_then_evaluates(tmp_path, tiny_student_checkpoint, superb_metric):
     corpus = make_fluent_commands(tmp_path / "fluent_speech_commands_dataset")
     overrides = (
         f"config.downstream_expert.datarc.file_path={corpus},,config.downstream_expert.datarc.num_workers=0,,"
@@ -59,7 +59,8 @@ def test_intent_classification_trains_then_evaluates(tmp_path, tiny_student_chec
     )
     output = train_then_evaluate("fluent_commands", tiny_student_checkpoint, tmp_path / "ic", overrides,
                                  train_line=r"Take a list of 12 features", evaluate_line=r"test acc: [0-9.]+")
-    accuracy = float(re.search(r"test acc: ([0-9.]+)", output).group(1))
+    accuracy = printed_accuracy(output)
+    superb_metric("IC_acc", 100 * accuracy)
     # The same evaluation's per-utterance predictions (test_predict.csv / test_truth.csv, one
     # `name,action,object,location` row per test utterance): the printed accuracy is their exact-match rate.
     predicted, truth = (read_rows(tmp_path / "ic" / f"test_{kind}.csv") for kind in ("predict", "truth"))
@@ -74,7 +75,7 @@ def read_rows(path: Path) -> dict[str, tuple]:
     return {row[0]: tuple(row[1:]) for row in csv.reader(open(path))}
 
 
-def test_asr_trains_then_evaluates_on_test_clean(tmp_path, tiny_student_checkpoint):
+def test_asr_trains_then_evaluates_on_test_clean(tmp_path, tiny_student_checkpoint, superb_metric):
     from s3prl_star.synthetic import make_librispeech
 
     root = make_librispeech(tmp_path / "LibriSpeech", {"train-clean-100": 8, "dev-clean": 4, "test-clean": 4}, seed=3)
@@ -102,6 +103,7 @@ def test_asr_trains_then_evaluates_on_test_clean(tmp_path, tiny_student_checkpoi
                                  train_line=r"dev-clean wer: [0-9.]+", evaluate_line=r"test-clean wer: [0-9.]+",
                                  evaluate_options=("-t", "test-clean"), dev_and_test_logged=False)
     wer = float(re.search(r"test-clean wer: ([0-9.]+)", output).group(1))
+    superb_metric("ASR_wer", wer)
     # The same evaluation's hypotheses and references (test-clean-noLM-{hyp,ref}.ark, `name words...`):
     # the references are the test-clean transcripts, and the printed WER is their word edit distance.
     hypotheses, references = (read_ark(tmp_path / "asr" / f"test-clean-noLM-{kind}.ark") for kind in ("hyp", "ref"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
 import yaml
 
 from fault_helpers import read_only_folder, tmpfs

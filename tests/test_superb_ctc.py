@@ -162,12 +162,12 @@ def read_ark(path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_phoneme_recognition_trains_then_evaluates(tmp_path, tiny_student_checkpoint):
+def test_phoneme_recognition_trains_then_evaluates(tmp_path, tiny_student_checkpoint, superb_metric):
     corpus = make_libriphone_corpus(tmp_path)
     expdir = tmp_path / "pr"
     output = train_then_evaluate_ctc("pr", tiny_student_checkpoint, expdir, pr_overrides(corpus), "per")
     per = printed_metric(output, "test per")
-    print("PR_per", per)
+    superb_metric("PR_per", 100 * per)
     references, hypotheses = read_ark(expdir / "test-ref.ark"), read_ark(expdir / "test-hyp.ark")
     test_utterances = {path.stem for path in (corpus["path"] / "test-clean").rglob("*.flac")}
     assert references == {utt: corpus["labels"][utt] for utt in test_utterances}
@@ -177,12 +177,13 @@ def test_phoneme_recognition_trains_then_evaluates(tmp_path, tiny_student_checkp
 
 
 @pytest.mark.slow
-def test_slot_filling_trains_then_evaluates(tmp_path, tiny_student_checkpoint):
+def test_slot_filling_trains_then_evaluates(tmp_path, tiny_student_checkpoint, superb_metric):
     corpus = make_audio_snips(tmp_path / "SNIPS")
     expdir = tmp_path / "sf"
     output = train_then_evaluate_ctc("sf", tiny_student_checkpoint, expdir, sf_overrides(corpus), "slot_type_f1")
     f1, cer = printed_metric(output, "test slot_type_f1"), printed_metric(output, "test slot_value_cer")
-    print("SF_f1", f1, "SF_cer", cer)
+    superb_metric("SF_f1", 100 * f1)
+    superb_metric("SF_cer", 100 * cer)
     from s3prl.downstream.ctc.metric import slot_type_f1, slot_value_cer
 
     references, hypotheses = read_ark(expdir / "test-ref.ark"), read_ark(expdir / "test-hyp.ark")

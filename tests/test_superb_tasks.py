@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from helpers import RECIPES, run_downstream, train_args, train_then_evaluate
+from helpers import RECIPES, printed_accuracy, run_downstream, train_args, train_then_evaluate
 from s3prl_star.superb.asv import eer_of_output, eer_of_run
 from s3prl_star.superb.diarization import der_of_run, read_rttm
 from s3prl_star.superb.qbe import best_layer_on_dev, mtwv_of_run, read_scores
@@ -141,15 +141,16 @@ def make_speech_commands(root: Path) -> tuple:
 
 
 @pytest.mark.slow
-def test_keyword_spotting_trains_then_evaluates(tmp_path, tiny_student_checkpoint):
+def test_keyword_spotting_trains_then_evaluates(tmp_path, tiny_student_checkpoint, superb_metric):
     train_root, test_root = make_speech_commands(tmp_path / "speech_commands")
     overrides = (
         f"config.downstream_expert.datarc.speech_commands_root={train_root},,"
         f"config.downstream_expert.datarc.speech_commands_test_root={test_root},,"
         "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.batch_size=4"
     )
-    train_then_evaluate("speech_commands", tiny_student_checkpoint, tmp_path / "ks", overrides,
-                        train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
+    output = train_then_evaluate("speech_commands", tiny_student_checkpoint, tmp_path / "ks", overrides,
+                                 train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
+    superb_metric("KS_acc", 100 * printed_accuracy(output))
 
 
 EMOTIONS = {"neu": "the meeting is at noon", "hap": "what a wonderful day", "ang": "stop doing that now",
@@ -175,14 +176,15 @@ def make_iemocap(root: Path) -> tuple:
 
 
 @pytest.mark.slow
-def test_emotion_recognition_trains_then_evaluates(tmp_path, tiny_student_checkpoint):
+def test_emotion_recognition_trains_then_evaluates(tmp_path, tiny_student_checkpoint, superb_metric):
     corpus, meta = make_iemocap(tmp_path)
     overrides = (
         f"config.downstream_expert.datarc.root={corpus},,config.downstream_expert.datarc.meta_data={meta},,"
         "config.downstream_expert.datarc.test_fold=fold1,,config.downstream_expert.datarc.num_workers=0"
     )
-    train_then_evaluate("emotion", tiny_student_checkpoint, tmp_path / "er", overrides,
-                        train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
+    output = train_then_evaluate("emotion", tiny_student_checkpoint, tmp_path / "er", overrides,
+                                 train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
+    superb_metric("ER_acc", 100 * printed_accuracy(output))  # fold 1 only
 
 
 QUESST_PHRASES = ("the red boat", "a quiet river", "the old lamp")
@@ -233,7 +235,7 @@ def run_query_by_example(corpus: Path, checkpoint: Path, split: str, layer: int,
 
 
 @pytest.mark.slow
-def test_query_by_example_ends_in_the_test_mtwv_of_the_best_dev_layer(tmp_path, tiny_student_checkpoint):
+def test_query_by_example_ends_in_the_test_mtwv_of_the_best_dev_layer(tmp_path, tiny_student_checkpoint, superb_metric):
     """SUPERB's QbE protocol: DTW scores of every English query against every English document per layer on
     dev, the best dev layer's test MTWV (QbE_mtwv, raw). The queries are their documents' own samples, so
     the detector finds something (MTWV > 0); the unscored Basque query caps it at 3/4."""
@@ -245,7 +247,7 @@ def test_query_by_example_ends_in_the_test_mtwv_of_the_best_dev_layer(tmp_path, 
     scored = {(query, document) for query, document in read_scores(dev_expdirs[layer] / "benchmark.stdlist.xml")}
     assert scored == {(f"quesst14_dev_{q:04d}", f"quesst14_{d:05d}") for q in (1, 2, 3) for d in (1, 2, 3)}, scored
     value = run_query_by_example(corpus, tiny_student_checkpoint, "test", layer, tmp_path / f"qbe_{layer}_test")
-    print("QbE_mtwv", value, "layer", layer, "dev", dev_mtwv)
+    superb_metric("QbE_mtwv", value)
     assert 0 < value <= 0.75
 
 
@@ -290,7 +292,7 @@ def make_diarization_dirs(root: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_speaker_diarization_trains_then_ends_in_der(tmp_path, tiny_student_checkpoint):
+def test_speaker_diarization_trains_then_ends_in_der(tmp_path, tiny_student_checkpoint, superb_metric):
     """Train, evaluate the checkpoint (predictions), then SUPERB's DER (SD_der, percent): the lowest over
     score.sh's median/threshold settings. The reference itself, made into predictions at the run's frame
     shift and length, must score about 0: the predictions' time base is the reference's."""
@@ -306,7 +308,7 @@ def test_speaker_diarization_trains_then_ends_in_der(tmp_path, tiny_student_chec
                         train_line=r"mode dev acc [0-9.]+ der [0-9.]+", evaluate_line=r"mode test acc [0-9.]+ der [0-9.]+")
     assert sorted(path.name for path in (expdir / "scoring" / "predictions").iterdir()) == ["test0.h5"]
     value = der_of_run(expdir, dirs["test"])
-    print("SD_der", value)
+    superb_metric("SD_der", value)
     assert 0 <= value < float("inf")
     with h5py.File(expdir / "scoring" / "predictions" / "test0.h5", "r") as file:
         frames = file["T_hat"].shape[0]
@@ -345,7 +347,8 @@ def s3prl_asv_cache_state():
 
 
 @pytest.mark.slow
-def test_speaker_verification_trains_on_any_device_then_ends_in_the_lowest_checkpoint_eer(tmp_path, tiny_student_checkpoint):
+def test_speaker_verification_trains_on_any_device_then_ends_in_the_lowest_checkpoint_eer(tmp_path, tiny_student_checkpoint,
+                                                                                          superb_metric):
     """ASV with --device cpu (s3prl's expert calls .cuda() whatever --device says): train 4 steps saving
     states-2 and states-4, evaluate each on the test trials, ASV_eer = the lowest EER (percent). The
     silence-trimmed length cache is computed once, in the experiment (not in site-packages), and reused by
@@ -363,7 +366,7 @@ def test_speaker_verification_trains_on_any_device_then_ends_in_the_lowest_check
                               r"^sv-voxceleb1/train-loss: [0-9.]+$")
     assert "Preprocessing" in training and (expdir / ".wav_lengths" / "Voxceleb1_length.pt").is_file()
     value, checkpoint = eer_of_run(expdir, "cpu")  # --device cpu, as the training (also where CUDA is)
-    print("ASV_eer", value, checkpoint.name)
+    superb_metric("ASV_eer", value)
     logs = {name: (expdir / name / "log.txt").read_text() for name in ("states-2", "states-4")}
     assert not any("Preprocessing" in log for log in logs.values())
     assert value == pytest.approx(100 * min(eer_of_output(log) for log in logs.values()))
