@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m s3prl_star.cli demo demo_out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=40
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m 'not slow'
