@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m s3prl_star.cli demo demo_out
+	$(BIN)/s3prl-star demo demo_out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=40

@@ -1,131 +1,265 @@
-"""`s3prl-star demo OUT`: the whole pipeline on a mini data set the demo makes itself, on CPU or GPU.
+"""`s3prl-star demo OUT`: the mini-SUPERB, end to end, from nothing: corpus, teacher, STaR, tasks, score.
 
-Nothing is downloaded: espeak-ng speaks a LibriSpeech-layout corpus (or `--corpus` names one made
-before, for a machine without espeak-ng), the teacher is a randomly
-initialised HuBERT Base-shaped model saved in the format s3prl's `hubert_local` reads (real
-weights cannot be fetched offline), and the STaRHuBERT preset is distilled from it through
-`s3prl-star pretrain` (s3prl's pretrain runner), profiled, and evaluated on ASR through
-`s3prl-star downstream` (s3prl's downstream runner). Every step is the user-facing command, run
-as a subprocess; the numbers show the pipeline works, not what a real teacher would give.
+No weights or corpora are downloaded, so the demo makes its own small but real case:
+1. `s3prl-star corpus`: espeak-ng speech in the on-disk layouts of LibriSpeech (ASR, PR), Speech
+   Commands (KS), VoxCeleb1 (SID), Fluent Speech Commands (IC) and IEMOCAP (ER);
+2. `s3prl-star teacher-pretrain`: a 6-layer HuBERT trained on it with HuBERT's first-iteration
+   recipe, saved in the format s3prl's `hubert_local` reads;
+3. `s3prl-star pretrain -u star_hubert`: the `star_hubert_mini` student distilled from it with STaR
+   (s3prl's pretrain runner, the teacher loaded through `hubert_local`, as HuBERT Base would be);
+4. `s3prl-star superb`: the mini tasks (downstream_recipes/mini.yaml on top of each task's recipe,
+   s3prl's downstream runner) for FBANK, the teacher and the student;
+5. `s3prl-star score`: the table (OUT/score.md) and the plot (OUT/score.png).
+With `--compare` it also distils the baselines and the ablation at equal steps and runs their
+tasks: an untrained student, DistilHuBERT's objective, STaR's layer-wise term only, its
+intra-layer term only, and both terms plus the attention-map term; `--seeds N` repeats every
+student row with N distillation seeds. Every stage is one of the user-facing commands, run as a
+subprocess, and resumable: run the same command again after an interruption and finished stages
+are kept (each command resumes its own work).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import statistics
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-SPLITS = {"train-clean-100": 64, "dev-clean": 8, "test-clean": 8}
+MINI_RECIPE = REPOSITORY / "downstream_recipes" / "mini.yaml"
+TASKS = ("pr", "asr", "ks", "sid", "ic", "er")
+STUDENT_PRESET = "star_hubert_mini"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A distillation objective of the comparison: `objective` replaces config_model.yaml's section."""
+
+    label: str
+    objective: dict | None  # None: no distillation (the untrained student)
+
+
+STAR = Objective("star", {"kind": "star", "layerwise_weight": 1.0, "intra_weight": 1.0, "attention_weight": 0.0})
+BASELINES = (
+    Objective("untrained", None),
+    Objective("distilhubert", {"kind": "distilhubert"}),
+    Objective("star_layerwise", {"kind": "star", "layerwise_weight": 1.0, "intra_weight": 0.0, "attention_weight": 0.0}),
+    Objective("star_intra", {"kind": "star", "layerwise_weight": 0.0, "intra_weight": 1.0, "attention_weight": 0.0}),
+    Objective("star_attention", {"kind": "star", "layerwise_weight": 1.0, "intra_weight": 1.0, "attention_weight": 1.0}),
+)
 
 
 def run(*args: str) -> str:
     """One `s3prl-star` subcommand in a subprocess; its output is shown as it comes and returned."""
     print("\n$ s3prl-star " + " ".join(args), flush=True)
-    process = subprocess.Popen([sys.executable, "-m", "s3prl_star.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "s3prl_star.cli", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
     output = bytearray()
     while chunk := process.stdout.read1(4096):
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
         output += chunk
     if process.wait() != 0:
-        raise SystemExit(f"demo: `s3prl-star {args[0]}` failed with exit code {process.returncode}")
+        raise SystemExit(f"demo: `s3prl-star {args[0]}` failed with exit code {process.returncode}; "
+                         "run the demo again to resume from the last finished step")
     return output.decode(errors="replace")
 
 
 def write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def main(argv=None) -> int:
+def mini_data_file(corpus_data: Path, out: Path, size: str, tasks: list[str], task_steps: int | None) -> Path:
+    """The corpus' DATA.yaml with absolute paths and the mini recipe's overrides per task (the `small`
+    ones, then the `size` corpus' own); with `task_steps`, every task trains that many steps
+    (evaluating and saving at the last)."""
+    data = yaml.safe_load(corpus_data.read_text())
+    mini = yaml.safe_load(MINI_RECIPE.read_text())
+    steps = "" if task_steps is None else (
+        f"config.runner.total_steps={task_steps},,config.runner.eval_step={task_steps},,"
+        f"config.runner.save_step={task_steps},,config.runner.log_step={max(task_steps // 2, 1)},,"
+        f"config.scheduler.num_warmup_steps={max(task_steps // 10, 1)}")
+    merged = {}
+    for task in tasks:
+        if task not in data:
+            raise SystemExit(f"demo: {corpus_data} has no '{task}' entry")
+        entry = dict(data[task])
+        sized = mini[size].get(task) if size != "small" else None
+        overrides = [entry.pop("overrides", None), mini["small"][task], sized, steps]
+        for key, value in entry.items():
+            entry[key] = [str((corpus_data.parent / v).resolve()) for v in value] if isinstance(value, list) \
+                else str((corpus_data.parent / value).resolve())
+        pieces = [piece.strip() for text in overrides if text for piece in text.split(",,") if piece.strip()]
+        merged[task] = {**entry, "overrides": ",,".join(pieces)}
+    return write_yaml(out / "data.yaml", merged)
+
+
+def distil(out: Path, name: str, objective: dict, teacher: Path, libri: Path, steps: int, seed: int,
+           device: str) -> Path:
+    """A student of STUDENT_PRESET distilled for `steps` steps; returns its last checkpoint."""
+    expdir = out / "distill" / name
+    final = last_step_checkpoint(expdir, steps)
+    if final is not None:
+        print(f"demo: {final} is already distilled", flush=True)
+        return final
+    model_config = yaml.safe_load((REPOSITORY / "distill/star_hubert/config_model.yaml").read_text())
+    model_config["student"] = {"preset": STUDENT_PRESET}
+    model_config["teacher"] = {"name": "hubert_local", "ckpt": str(teacher), "model_config": None, "layer_map": None}
+    if objective["kind"] == "star":  # the ablations change the weights of the recipe's STaR objective
+        objective = {**model_config["objective"], **objective}
+    model_config["objective"] = objective
+    runner_config = yaml.safe_load((REPOSITORY / "distill/star_hubert/config_runner.yaml").read_text())
+    runner_config["runner"].update(n_epochs=-1, total_steps=steps, gradient_accumulate_steps=1,
+                                   log_step=max(steps // 10, 1), save_step=max(steps // 4, 1), max_keep=2)
+    runner_config["scheduler"]["num_warmup_steps"] = max(round(0.05 * steps), 1)  # the paper's 5 %
+    runner_config["pretrain_expert"]["datarc"].update(
+        libri_root=str(libri), file_path=str(libri.parent / "len_for_bucket"), sets=["train-clean-100"],
+        train_batch_size=8, num_workers=2)
+    configs = out / "distill" / "configs"
+    run("pretrain", "-a", "-u", "star_hubert", "--device", device, "-p", str(expdir), "--seed", str(seed),
+        "-g", str(write_yaml(configs / f"{name}_model.yaml", model_config)),
+        "-c", str(write_yaml(configs / f"{name}_runner.yaml", runner_config)))
+    final = last_step_checkpoint(expdir, steps)
+    if final is None:
+        raise SystemExit(f"demo: the distillation in {expdir} ended without a checkpoint of step {steps}")
+    return final
+
+
+def last_step_checkpoint(expdir: Path, steps: int) -> Path | None:
+    """The checkpoint s3prl's runner saved after the last of `steps` steps (it names that one by epochs,
+    `states-epoch-N.ckpt`, so it is found by its `Step`, which counts from 0), or None."""
+    import torch
+
+    for path in sorted(expdir.glob("states-*.ckpt")):
+        if torch.load(path, map_location="cpu", weights_only=False).get("Step") == steps - 1:
+            return path
+    return None
+
+
+def untrained_student(out: Path, seed: int) -> Path:
+    """A randomly initialised STUDENT_PRESET (the `seed`), saved as a student checkpoint."""
+    import torch
+
+    from s3prl_star.checkpoint import save_student
+    from s3prl_star.model import build_preset
+
+    path = out / "distill" / f"untrained_seed{seed}.ckpt"
+    if not path.exists():
+        torch.manual_seed(seed)
+        save_student(path, build_preset(STUDENT_PRESET))
+    return path
+
+
+def superb(out: Path, label: str, upstream: list[str], data: Path, tasks: list[str], device: str) -> Path:
+    result = out / "superb" / label
+    run("superb", *upstream, "--data", str(data), "--tasks", ",".join(tasks), "-o", str(result), "--device", device)
+    return result
+
+
+def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="s3prl-star demo", description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="folder for the corpus, checkpoints and experiments")
-    parser.add_argument("--steps", type=int, default=30, help="distillation steps (default 30)")
-    parser.add_argument("--asr-steps", type=int, default=20, help="ASR downstream training steps (default 20)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--corpus", type=Path, help="a LibriSpeech-layout root holding " + ", ".join(SPLITS)
-                        + " (e.g. one this demo spoke before) to use instead of speaking one: no espeak-ng needed")
+    parser.add_argument("out", type=Path, help="folder for everything the demo makes (resumable)")
+    parser.add_argument("--size", choices=("tiny", "small"), default="small",
+                        help="corpus size: small (the demo, default) or tiny (a smoke run of the pipeline)")
+    parser.add_argument("--teacher-steps", type=int, default=600, help="teacher pre-training steps (default 600)")
+    parser.add_argument("--distill-steps", type=int, default=300, help="distillation steps of every student (default 300)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also the untrained student, DistilHuBERT's objective and the STaR ablation")
+    parser.add_argument("--seeds", type=int, default=1, help="distillation seeds of every student row (default 1)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of the mini tasks (default: all six)")
+    parser.add_argument("--task-steps", type=int, help="train every task this many steps (default: downstream_recipes/mini.yaml's)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
+    args.tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    unknown = sorted(set(args.tasks) - set(TASKS))
+    if unknown or not args.tasks:
+        parser.error(f"--tasks: unknown {', '.join(unknown) or 'empty list'}; expected some of {', '.join(TASKS)}")
+    if args.task_steps is not None and args.task_steps < 1:
+        parser.error(f"--task-steps must be positive, got {args.task_steps}")
+    if args.teacher_steps < 1 or args.distill_steps < 2 or args.seeds < 1:
+        parser.error("--teacher-steps and --seeds must be positive and --distill-steps at least 2 "
+                     "(s3prl's runner logs and saves before the last step)")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"{args.out} is a file; give a folder")
+    return args
+
+
+def main(argv=None) -> int:
+    started = time.monotonic()
+    args = parse_args(argv)
     out = args.out.resolve()
-    if args.steps < 2 or args.asr_steps < 1:
-        parser.error("--steps must be at least 2 (s3prl's runner logs and saves before the last step) and --asr-steps at least 1")
-    if out.exists() and any(out.iterdir()):
-        parser.error(f"{out} is not empty: give a new folder (nothing there is overwritten)")
-    if args.corpus is not None:
-        missing = [split for split in SPLITS if not (args.corpus / split).is_dir()]
-        if missing:
-            parser.error(f"--corpus {args.corpus}: no {', '.join(missing)} folder; expected a LibriSpeech-layout "
-                         f"root holding {', '.join(SPLITS)}")
     out.mkdir(parents=True, exist_ok=True)
 
-    from s3prl_star.random_teacher import save_random_teacher
-    from s3prl_star.synthetic import make_librispeech
+    run("corpus", str(out / "corpus"), "--size", args.size)
+    libri = out / "corpus" / "LibriSpeech"
+    data = mini_data_file(out / "corpus" / "data.yaml", out, args.size, args.tasks, args.task_steps)
+    run("teacher-pretrain", str(libri), "-o", str(out / "teacher"), "--steps", str(args.teacher_steps))
+    teacher = out / "teacher" / "teacher.pt"
 
-    if args.corpus is None:
-        print(f"demo: espeak-ng corpus {SPLITS} -> {out / 'LibriSpeech'}", flush=True)
-        libri = make_librispeech(out / "LibriSpeech", SPLITS, seed=0)
-    else:
-        libri = args.corpus.resolve()
-        print(f"demo: corpus {libri}", flush=True)
-    run("prepare-librispeech", str(libri), "-o", str(out / "len_for_bucket"), "--splits", *SPLITS)
+    rows: dict[str, list[Path]] = {
+        "fbank": [superb(out, "fbank", ["-u", "fbank"], data, args.tasks, args.device)],
+        "teacher": [superb(out, "teacher", ["-u", "hubert_local", "-k", str(teacher)], data, args.tasks, args.device)],
+    }
+    objectives = (STAR,) + (BASELINES if args.compare else ())
+    for objective in objectives:
+        for seed in range(args.seeds):
+            label = objective.label if args.seeds == 1 else f"{objective.label}_seed{seed}"
+            if objective.objective is None:
+                checkpoint = untrained_student(out, seed)
+            else:
+                checkpoint = distil(out, label, objective.objective, teacher, libri, args.distill_steps, seed,
+                                    args.device)
+            rows.setdefault(objective.label, []).append(
+                superb(out, label, ["-u", "star_hubert", "-k", str(checkpoint)], data, args.tasks, args.device))
 
-    teacher = out / "teacher" / "hubert_base_random.pt"
-    print(f"demo: random HuBERT Base-shaped teacher -> {teacher}", flush=True)
-    save_random_teacher("hubert", teacher, layers=12, embed_dim=768, ffn_dim=3072, heads=12, seed=0)
-
-    model_config = yaml.safe_load((REPOSITORY / "distill/star_hubert/config_model.yaml").read_text())
-    model_config["teacher"] = {"name": "hubert_local", "ckpt": str(teacher), "model_config": None, "layer_map": None}
-    runner_config = yaml.safe_load((REPOSITORY / "distill/star_hubert/config_runner.yaml").read_text())
-    runner_config["runner"].update(
-        n_epochs=-1, total_steps=args.steps, gradient_accumulate_steps=1, log_step=max(args.steps // 6, 1),
-        save_step=max(args.steps // 2, 1), max_keep=2,  # s3prl's runner also saves at the last step
-    )
-    runner_config["scheduler"]["num_warmup_steps"] = max(round(0.05 * args.steps), 1)  # the paper's 5 %
-    runner_config["pretrain_expert"]["datarc"].update(
-        libri_root=str(libri), file_path=str(out / "len_for_bucket"), sets=["train-clean-100"],
-        train_batch_size=8, num_workers=2,
-    )
-    pretrain_dir = out / "pretrain"
-    distillation = run(
-        "pretrain", "-u", "star_hubert", "--device", args.device, "-p", str(pretrain_dir),
-        "-g", str(write_yaml(out / "config_model.yaml", model_config)),
-        "-c", str(write_yaml(out / "config_runner.yaml", runner_config)),
-    )
-    checkpoint = max(pretrain_dir.glob("states-*.ckpt"), key=lambda path: path.stat().st_mtime)
-
-    profile = json.loads(run("profile", "star_hubert", "--json").strip().splitlines()[-1])
-
-    asr_dir = out / "asr"
-    overrides = ",,".join([
-        f"config.runner.total_steps={args.asr_steps}", f"config.runner.log_step={max(args.asr_steps // 4, 1)}",
-        f"config.runner.eval_step={args.asr_steps}", f"config.runner.save_step={args.asr_steps}",
-        "config.downstream_expert.datarc.train_batch_size=4",
-        "config.downstream_expert.datarc.batch_size=4", "config.downstream_expert.datarc.num_workers=0",
-        f"config.downstream_expert.datarc.libri_root='{libri}'",
-        f"config.downstream_expert.datarc.bucket_file='{out / 'len_for_bucket'}'",
-        f"config.downstream_expert.datarc.dict_path='{REPOSITORY / 'downstream_recipes/asr/char.dict'}'",
-    ])
-    run(
-        "downstream", "-m", "train", "-u", "star_hubert", "-k", str(checkpoint), "-d", "asr",
-        "-c", str(REPOSITORY / "downstream_recipes/asr/config.yaml"), "-p", str(asr_dir), "--device", args.device,
-        "-o", overrides,
-    )
-    asr_checkpoint = asr_dir / f"states-{args.asr_steps}.ckpt"
-    evaluation = run("downstream", "-m", "evaluate", "-t", "test-clean", "-e", str(asr_checkpoint), "--device", args.device)
-    wer = [line for line in evaluation.splitlines() if "test-clean wer" in line]
-
-    print("\n=== demo summary ===")
-    print(f"student checkpoint: {checkpoint} ({profile['params']:,} parameters, "
-          f"{profile['macs'] / 1e9:.1f} G MACs on the SUPERB protocol)")
-    losses = re.findall(r"loss=([0-9.e+-]+)", distillation)  # the progress bar's postfix
-    if losses:
-        print(f"STaR loss:          {losses[0]} at the first logged step -> {losses[-1]} at the last")
-    print(f"distillation logs:  tensorboard --logdir {pretrain_dir}")
-    train_utterances = len((out / "len_for_bucket" / "train-clean-100.csv").read_text().splitlines()) - 1
-    print(f"ASR (random teacher, {train_utterances} utterances): {wer[-1].strip() if wer else 'no WER line'}")
+    runs = [path for paths in rows.values() for path in paths]
+    table = run("score", *map(str, runs), "--md", "--plot", str(out / "score.png"), "--plot-metrics")
+    (out / "score.md").write_text(table)
+    summary = summarise(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    teacher_result = json.loads((out / "teacher" / "result.json").read_text())
+    print("\n=== mini-SUPERB ===")
+    print(f"teacher: {teacher_result['parameters']:,} parameters, held-out masked-prediction accuracy "
+          f"{teacher_result['held_out_masked_accuracy']:.3f} (most frequent unit {teacher_result['majority_unit_accuracy']:.3f})")
+    print(format_summary(summary))
+    print(f"table: {out / 'score.md'}; plot: {out / 'score.png'}; logs: tensorboard --logdir {out}")
+    print(f"demo: {(time.monotonic() - started) / 60:.1f} min")
     return 0
+
+
+def summarise(rows: dict[str, list[Path]]) -> dict[str, dict[str, list[float]]]:
+    """{row: {metric key: [value of each seed]}} from every run's results.json."""
+    summary = {}
+    for label, paths in rows.items():
+        metrics: dict[str, list[float]] = {}
+        for path in paths:
+            for task in json.loads((path / "results.json").read_text())["tasks"].values():
+                for key, value in (task.get("metrics") or {}).items():
+                    metrics.setdefault(key, []).append(value)
+        summary[label] = metrics
+    return summary
+
+
+def format_summary(summary: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: a row per model, mean (and +- standard deviation over seeds) per metric."""
+    keys = sorted({key for metrics in summary.values() for key in metrics})
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for label, metrics in summary.items():
+        cells = []
+        for key in keys:
+            values = metrics.get(key, [])
+            if not values:
+                cells.append("-")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.2f}")
+            else:
+                cells.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -131,6 +131,15 @@ class LossSums:
     denominators: dict[str, Tensor] = field(default_factory=dict)
 
 
+def weighted_total(sums: LossSums, weights: Mapping[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
+    """(sum of weights[name] * term, detached terms and "total") with term = numerator / denominator."""
+    terms = {name: sums.numerators[name] / sums.denominators[name] for name in sums.numerators}
+    total = sum(weights[name] * value for name, value in terms.items())
+    detached = {name: value.detach() for name, value in terms.items()}
+    detached["total"] = total.detach()
+    return total, detached
+
+
 def temporal_gram(x: Tensor, y: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
     """Temporal Gram matrix x y^T (B, T, T) of frames x, y (B, T, d); y defaults to x.
 
@@ -209,11 +218,7 @@ class StarLoss(nn.Module):
             "intra": self.config.intra_weight,
             "attention": self.config.attention_weight,
         }
-        terms = {name: sums.numerators[name] / sums.denominators[name] for name in sums.numerators}
-        total = sum(weights[name] * value for name, value in terms.items())
-        detached = {name: value.detach() for name, value in terms.items()}
-        detached["total"] = total.detach()
-        return total, detached
+        return weighted_total(sums, weights)
 
     def choose_path(self, frames: int, teacher_dim: int, student_dim: int) -> Literal["gram", "channel"]:
         """The Gram computation used for T padded frames: the configured one, or under ``auto``

@@ -468,6 +468,15 @@ PRESETS: dict[str, StarHubertConfig] = {
     "star_hubert_xs": StarHubertConfig(
         conv_layers=star_conv_layers(192), encoder_embed_dim=192, encoder_ffn_embed_dim=1360
     ),
+    # The mini-SUPERB's student (`s3prl-star demo`): STaRHuBERT's proportions of HuBERT Base applied to
+    # the mini teacher of `s3prl-star teacher-pretrain` (6 layers, 128 x 512, 4 heads, 64 conv channels):
+    # the same depth, encoder width x 0.56, FFN x 0.32, conv channels a quarter then a half (345,400
+    # parameters, 24 % of the teacher's 1,425,920).
+    "star_hubert_mini": StarHubertConfig(
+        conv_layers=((16, 10, 5), (32, 1, 1)) + ((32, 3, 2),) * 4 + ((72, 1, 1), (72, 2, 2), (72, 2, 2)),
+        encoder_layers=6, encoder_embed_dim=72, encoder_ffn_embed_dim=160, encoder_attention_heads=4,
+        conv_pos=32, conv_pos_groups=4,
+    ),
     "hubert_base": StarHubertConfig(
         conv_layers=HUBERT_CONV_LAYERS,
         encoder_embed_dim=768,

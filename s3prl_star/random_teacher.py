@@ -112,17 +112,17 @@ def save_random_teacher(
 def _hubert_checkpoint(architecture: dict, normalize: bool) -> dict:
     from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
 
-    task_cfg = dataclasses.asdict(
-        HubertPretrainingConfig(label_rate=HUBERT_LABEL_RATE, normalize=normalize)
-    )
-    model_cfg = dataclasses.asdict(
-        HubertConfig(label_rate=HUBERT_LABEL_RATE, final_dim=BASE_FINAL_DIM, **architecture)
-    )
+    task_cfg = HubertPretrainingConfig(label_rate=HUBERT_LABEL_RATE, normalize=normalize)
+    model_cfg = HubertConfig(label_rate=HUBERT_LABEL_RATE, final_dim=BASE_FINAL_DIM, **architecture)
     symbols = [FAIRSEQ_SPECIAL_SYMBOLS + [str(i) for i in range(HUBERT_NUM_CLUSTERS)]]
-    model = HubertModel(HubertConfig(**model_cfg), HubertPretrainingConfig(**task_cfg), symbols)
+    return hubert_checkpoint(HubertModel(model_cfg, task_cfg, symbols), task_cfg, model_cfg, symbols)
+
+
+def hubert_checkpoint(model, task_cfg, model_cfg, symbols: list[list[str]]) -> dict:
+    """A HubertModel and its configs as the file `hubert_local` loads (plain data and tensors)."""
     return {
-        "task_cfg": task_cfg,
-        "model_cfg": model_cfg,
+        "task_cfg": dataclasses.asdict(task_cfg),
+        "model_cfg": dataclasses.asdict(model_cfg),
         "model_weight": model.state_dict(),
         "dictionaries_symbols": symbols,
     }

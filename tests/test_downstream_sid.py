@@ -7,13 +7,11 @@ train in turn, then the first one's checkpoint is evaluated in a fresh process (
 each run must list its own corpus' files, and nothing may appear under site-packages.
 Only step counts, batch sizes and workers are overridden (-o), to fit CI.
 """
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 
 from helpers import STEPS, assert_dev_and_test_logged, printed_accuracy, run_downstream, train_args
 
@@ -25,31 +23,18 @@ class SidCorpus:
     root: Path  # the recipe's file_path (holds dev/wav/...)
     split_list: Path  # the recipe's meta_data
     counts: dict  # split -> number of utterances listed
-    video: str  # the video folder name every utterance of this corpus sits in
+    videos: frozenset  # the video folder names of this corpus' utterances
 
 
-def make_voxceleb1(root: Path, voices: tuple, per_speaker: dict, video: str, seed: int) -> SidCorpus:
-    """espeak-ng speakers (one voice each, ids id10001...) in VoxCeleb1 layout, and its split list."""
-    from s3prl_star.synthetic import SAMPLE_RATE, require_tools, make_sentence, synthesise
+def make_voxceleb1(root: Path, speakers: int, per_speaker: dict, seed: int) -> SidCorpus:
+    """espeak-ng speakers (ids id10001...) in VoxCeleb1 layout under root/VoxCeleb1, and its split list
+    (`s3prl_star.corpus.voxceleb1`; video ids drawn from `seed`)."""
+    from s3prl_star import corpus
 
-    tools = require_tools()
-    rng = random.Random(seed)
-    lines, counts = [], dict.fromkeys(SPLIT_IDS, 0)
-    for speaker, voice in enumerate(voices):
-        speaker_id = f"id{10001 + speaker}"
-        utterance = 0
-        for split, count in per_speaker.items():
-            for _ in range(count):
-                relative = f"{speaker_id}/{video}/{utterance:05d}.wav"
-                path = root / "dev" / "wav" / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                sf.write(path, synthesise(make_sentence(rng), voice, tools), SAMPLE_RATE, subtype="PCM_16")
-                lines.append(f"{SPLIT_IDS[split]} {relative}\n")
-                counts[split] += 1
-                utterance += 1
-    split_list = root / "iden_split.txt"
-    split_list.write_text("".join(lines))
-    return SidCorpus(root, split_list, counts, video)
+    plan = corpus.voxceleb1(root, speakers, per_speaker, seed)
+    corpus.build([plan])
+    return SidCorpus(plan.data["datarc.file_path"], plan.data["datarc.meta_data"], plan.counts,
+                     frozenset(utterance.path.parent.name for utterance in plan.speech))
 
 
 def site_packages_cache_state():
@@ -80,6 +65,11 @@ def predicted_names(expdir: Path, split: str) -> list[str]:
     return list(speakers(expdir / f"{split}_truth.txt"))
 
 
+def video_of(name: str) -> str:
+    """The video of an s3prl SID utterance name `<speaker>-<video>-<utt>` (a video id may hold '-')."""
+    return name.split("-", 1)[1].rsplit("-", 1)[0]
+
+
 def speakers(path: Path) -> dict[str, str]:
     """{utterance: speaker id} of s3prl's `<split>_predict.txt` / `<split>_truth.txt` (`utterance speaker` lines)."""
     return dict(line.split(" ") for line in path.read_text().splitlines())
@@ -87,11 +77,10 @@ def speakers(path: Path) -> dict[str, str]:
 
 def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_student_checkpoint, superb_metric):
     cache_before = site_packages_cache_state()
-    first = make_voxceleb1(tmp_path / "vox_a", ("en-us", "en-us+m1", "en-us+f2"),
-                           {"train": 2, "dev": 1, "test": 1}, video="videoA", seed=1)
-    second = make_voxceleb1(tmp_path / "vox_b", ("en-us", "en-us+m1", "en-us+f2", "en+m3"),
-                            {"train": 3, "dev": 2, "test": 1}, video="videoB", seed=2)
+    first = make_voxceleb1(tmp_path / "vox_a", 3, {"train": 2, "dev": 1, "test": 1}, seed=1)
+    second = make_voxceleb1(tmp_path / "vox_b", 4, {"train": 3, "dev": 2, "test": 1}, seed=2)
     assert [first.counts[s] for s in SPLIT_IDS] != [second.counts[s] for s in SPLIT_IDS]
+    assert not first.videos & second.videos
 
     for corpus, name in ((first, "sid_a"), (second, "sid_b")):
         output = train(corpus, tmp_path / name, tiny_student_checkpoint)
@@ -100,7 +89,7 @@ def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_s
         assert_dev_and_test_logged(tmp_path / name)
         # The test predictions cover exactly this corpus' test files.
         names = predicted_names(tmp_path / name, "test")
-        assert len(names) == corpus.counts["test"] and all(corpus.video in n for n in names), names
+        assert len(names) == corpus.counts["test"] and all(video_of(n) in corpus.videos for n in names), names
 
     # A fresh process rebuilds the first experiment from its checkpoint: its lists, not the second's.
     checkpoint = tmp_path / "sid_a" / f"states-{STEPS}.ckpt"
@@ -113,7 +102,7 @@ def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_s
     predicted, truth = (speakers(tmp_path / "sid_a" / f"test_{kind}.txt") for kind in ("predict", "truth"))
     assert set(predicted) == set(truth) and all(name.split("-")[0] == speaker for name, speaker in truth.items())
     assert accuracy == pytest.approx(sum(predicted[name] == truth[name] for name in truth) / len(truth), abs=1e-6)
-    assert all(first.video in n for n in predicted_names(tmp_path / "sid_a", "test"))
+    assert all(video_of(n) in first.videos for n in predicted_names(tmp_path / "sid_a", "test"))
 
     assert site_packages_cache_state() == cache_before
 

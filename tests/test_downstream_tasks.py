@@ -15,44 +15,21 @@ from pathlib import Path
 
 import editdistance
 import pytest
-import soundfile as sf
 
 from helpers import CLI, RECIPES, printed_accuracy, train_then_evaluate
 
-# (transcription, action, object, location): each class value occurs in every split.
-COMMANDS = (
-    ("turn on the lights", "activate", "lights", "none"),
-    ("turn off the lights", "deactivate", "lights", "none"),
-    ("increase the heat in the kitchen", "increase", "heat", "kitchen"),
-    ("decrease the heat in the kitchen", "decrease", "heat", "kitchen"),
-)
-IC_SPLITS = {"train": ("en-us", "en-us+f2", "en+m3"), "valid": ("en-us+m1",), "test": ("en-us+f4",)}
-
-
 def make_fluent_commands(root: Path) -> Path:
-    """Fluent Speech Commands layout: data/{train,valid,test}_data.csv + wavs/speakers/<spk>/*.wav."""
-    from s3prl_star.synthetic import SAMPLE_RATE, require_tools, synthesise
+    """Fluent Speech Commands layout (`s3prl_star.corpus.fluent_commands`: data/{train,valid,test}_data.csv +
+    wavs/speakers/<spk>/*.wav) of 4 intents said by 3 train, 1 valid and 1 test speaker; returns its root."""
+    from s3prl_star import corpus
 
-    tools = require_tools()
-    (root / "data").mkdir(parents=True)
-    for split, voices in IC_SPLITS.items():
-        rows = []
-        for speaker, voice in enumerate(voices):
-            speaker_id = f"{split}{speaker}"
-            for index, (text, action, object_, location) in enumerate(COMMANDS):
-                relative = f"wavs/speakers/{speaker_id}/{index}.wav"
-                (root / relative).parent.mkdir(parents=True, exist_ok=True)
-                sf.write(root / relative, synthesise(text, voice, tools), SAMPLE_RATE, subtype="PCM_16")
-                rows.append([len(rows), relative, speaker_id, text, action, object_, location])
-        with open(root / "data" / f"{split}_data.csv", "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(["", "path", "speakerId", "transcription", "action", "object", "location"])
-            writer.writerows(rows)
-    return root
+    plan = corpus.fluent_commands(root, intents=4, speakers={"train": 3, "valid": 1, "test": 1}, seed=0)
+    corpus.build([plan])
+    return plan.data["datarc.file_path"]
 
 
 def test_intent_classification_trains_then_evaluates(tmp_path, tiny_student_checkpoint, superb_metric):
-    corpus = make_fluent_commands(tmp_path / "fluent_speech_commands_dataset")
+    corpus = make_fluent_commands(tmp_path)
     overrides = (
         f"config.downstream_expert.datarc.file_path={corpus},,config.downstream_expert.datarc.num_workers=0,,"
         "config.downstream_expert.datarc.train_batch_size=4,,config.downstream_expert.datarc.eval_batch_size=4"

@@ -1,9 +1,11 @@
-"""STaR losses against a naive per-utterance N x N reference computed in float64."""
+"""STaR losses against a naive per-utterance N x N reference computed in float64, and DistilHuBERT's
+objective (the baseline) against a hand computation."""
 import math
 
 import pytest
 import torch
 
+from s3prl_star.distilhubert_loss import DistilHubertLoss, DistilHubertLossConfig, default_pred_layers
 from s3prl_star.losses import LossSums, StarLoss, StarLossConfig, temporal_gram
 
 D_T, D_S, LAYERS = 12, 7, 3
@@ -334,3 +336,103 @@ def test_paths_match_reference_at_hubert_widths(path):
     assert rel_err(total, ref_total) <= REL_TOL
     for got, want in zip(grads(total, student), grads(ref_total, student)):
         assert rel_err(got, want) <= REL_TOL
+
+
+# --- DistilHuBERT's objective (s3prl_star.distilhubert_loss) ---------------------------------------
+
+PRED_LAYERS = (1, 3)
+
+
+def distilhubert_inputs(lengths, frames, seed):
+    """Teacher states (L+1 tensors (B, T, D_T)) and predictions (B, N, T, D_T), padding filled with
+    1e3 garbage that must not leak into the loss."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher = random_states(lengths, D_T, seed, frames=frames)
+    predictions = torch.randn(len(lengths), len(PRED_LAYERS), frames, D_T, generator=gen)
+    predictions = predictions.masked_fill(padding_mask(lengths, frames)[:, None, :, None], 1e3).requires_grad_()
+    return teacher, predictions
+
+
+def test_distilhubert_loss_matches_a_hand_computation_over_valid_frames():
+    """L1 over valid frames, layers and channels, and -log sigmoid(cosine) over valid frames and
+    layers, by hand (float64, loops); the padded batch equals s3prl's own expressions (nn.L1Loss
+    mean, -logsigmoid(cosine_similarity).mean()) applied to its valid frames."""
+    cfg = DistilHubertLossConfig(pred_layers=PRED_LAYERS, l1_weight=0.7, cosine_weight=1.3)
+    loss_fn = DistilHubertLoss(cfg, student_dim=D_S, teacher_dim=D_T, teacher_layers=LAYERS)
+    frames = max(LENGTHS) + 2
+    teacher, predictions = distilhubert_inputs(LENGTHS, frames, 0)
+    total, terms = loss_fn(teacher, predictions, padding_mask(LENGTHS, frames))
+
+    absolute, cosine, count = 0.0, 0.0, 0
+    for b, n in enumerate(LENGTHS):
+        for k, layer in enumerate(PRED_LAYERS):
+            for t in range(n):
+                p, y = predictions[b, k, t].double(), teacher[layer][b, t].double()
+                absolute = absolute + (p - y).abs().sum()
+                cos = (p @ y) / (p.norm() * y.norm())
+                cosine = cosine - torch.log(1 / (1 + torch.exp(-cos)))
+                count += 1
+    l1, cos_term = absolute / (count * D_T), cosine / count
+    assert set(terms) == {"l1", "cosine", "total"}
+    assert rel_err(terms["l1"], l1) <= REL_TOL and rel_err(terms["cosine"], cos_term) <= REL_TOL
+    assert rel_err(total, 0.7 * l1 + 1.3 * cos_term) <= REL_TOL
+    for got, want in zip(grads(total, [predictions]), grads(0.7 * l1 + 1.3 * cos_term, [predictions])):
+        assert rel_err(got, want) <= REL_TOL
+
+    valid = ~padding_mask(LENGTHS, frames)
+    pred = predictions.detach().transpose(0, 1)[:, valid]
+    target = torch.stack([teacher[layer].detach()[valid] for layer in PRED_LAYERS])
+    s3prl_l1 = torch.nn.L1Loss()(pred, target)
+    s3prl_cosine = -torch.nn.functional.logsigmoid(torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
+    assert rel_err(terms["l1"], s3prl_l1) <= REL_TOL and rel_err(terms["cosine"], s3prl_cosine) <= REL_TOL
+
+
+def test_distilhubert_heads_and_their_teacher_layers():
+    """One Linear-GELU-Linear head per predicted layer on the student's last layer (s3prl's
+    expand-last output layer, slice by slice); the default layers are thirds of the teacher depth."""
+    loss_fn = DistilHubertLoss(DistilHubertLossConfig(), student_dim=D_S, teacher_dim=D_T, teacher_layers=12)
+    assert loss_fn.pred_layers == [4, 8, 12]
+    assert [default_pred_layers(depth) for depth in (24, 2, 1)] == [[8, 16, 24], [1, 2], [1]]
+    student_last = torch.randn(2, 5, D_S)
+    predictions = loss_fn.predict(student_last)
+    assert predictions.shape == (2, 3, 5, D_T) and predictions.dtype == torch.float32
+    for k, head in enumerate(loss_fn.heads):
+        first, second = head[0], head[2]
+        expected = second(torch.nn.functional.gelu(first(student_last)))
+        torch.testing.assert_close(predictions[:, k], expected)
+    assert sorted(loss_fn.state_dict()) == sorted(
+        f"heads.{k}.{i}.{name}" for k in range(3) for i in (0, 2) for name in ("weight", "bias"))
+    with pytest.raises(ValueError, match=r"pred_layers: \[13\] beyond the teacher's 12 layers"):
+        DistilHubertLoss(DistilHubertLossConfig(pred_layers=[4, 13]), D_S, D_T, teacher_layers=12)
+
+
+def test_distilhubert_sums_with_global_denominators_give_the_full_batch_loss():
+    """Two halves of a batch as two DDP ranks: each total over the all-reduced denominators, summed,
+    is the full batch's loss (the halves hold different numbers of valid frames)."""
+    loss_fn = DistilHubertLoss(DistilHubertLossConfig(pred_layers=PRED_LAYERS), D_S, D_T, teacher_layers=LAYERS)
+    teacher, predictions = distilhubert_inputs(LENGTHS, max(LENGTHS), 1)
+    mask = padding_mask(LENGTHS)
+    full, _ = loss_fn(teacher, predictions, mask)
+    halves = [loss_fn.sums([f[part] for f in teacher], predictions[part], mask[part]) for part in (slice(0, 1), slice(1, 4))]
+    for name in halves[0].denominators:
+        reduced = halves[0].denominators[name] + halves[1].denominators[name]
+        for sums in halves:
+            sums.denominators[name] = reduced
+    assert rel_err(sum(loss_fn.combine(sums)[0] for sums in halves), full) <= REL_TOL
+
+
+def test_distilhubert_config_validation_names_the_field():
+    assert DistilHubertLossConfig.from_dict({"pred_layers": [4, 8, 12]}).to_dict() == {
+        "pred_layers": [4, 8, 12], "l1_weight": 1.0, "cosine_weight": 1.0}
+    for values, message in (
+        ({"pred_layer": [4]}, r"unknown keys \['pred_layer'\]"),
+        ({"intra_weight": 1.0}, r"unknown keys \['intra_weight'\]"),
+        ({"pred_layers": [0, 4]}, r"pred_layers: expected a non-empty list of teacher layers >= 1"),
+        ({"pred_layers": []}, r"pred_layers: expected a non-empty list"),
+        ({"pred_layers": [4, 4]}, r"pred_layers: a layer is listed twice"),
+        ({"cosine_weight": "1"}, r"cosine_weight: expected a number"),
+        ({"l1_weight": -1.0}, r"l1_weight: expected a finite number >= 0"),
+        ({"l1_weight": 0, "cosine_weight": 0}, r"at least one of l1_weight, cosine_weight must be > 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            DistilHubertLossConfig.from_dict(values)

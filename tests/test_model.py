@@ -21,7 +21,8 @@ def n_params(model):
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("star_hubert", 22_308_592), ("star_hubert_l", 26_626_672), ("star_hubert_s", 14_101_792), ("star_hubert_xs", 9_386_752)],
+    [("star_hubert", 22_308_592), ("star_hubert_l", 26_626_672), ("star_hubert_s", 14_101_792), ("star_hubert_xs", 9_386_752),
+     ("star_hubert_mini", 345_400)],
 )
 def test_preset_parameter_counts(name, expected):
     with torch.device("meta"):

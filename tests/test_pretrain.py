@@ -45,12 +45,13 @@ TINY_STUDENT = {
 
 
 def write_configs(directory: Path, *, teacher: Path, corpus: Path, csv_dir: Path, runner: dict,
-                  datarc: dict, student: dict | None = None) -> tuple[Path, Path]:
-    """config_model.yaml / config_runner.yaml for the tiny student, with the paper's optimiser."""
+                  datarc: dict, student: dict | None = None, objective: dict | None = None) -> tuple[Path, Path]:
+    """config_model.yaml / config_runner.yaml for the tiny student, with the paper's optimiser
+    (`objective`: the section, STaR's final loss by default)."""
     model = {
         "student": {**TINY_STUDENT, **(student or {})},
         "teacher": {"name": "hubert_local", "ckpt": str(teacher), "model_config": None, "layer_map": None},
-        "objective": {"layerwise_weight": 1.0, "intra_weight": 1.0, "attention_weight": 0.0},
+        "objective": objective or {"layerwise_weight": 1.0, "intra_weight": 1.0, "attention_weight": 0.0},
         "precision": "bf16",
     }
     shipped = yaml.safe_load((EXPERT_DIR / "config_runner.yaml").read_text())
@@ -140,6 +141,50 @@ def test_pretrain_distils_a_tiny_student(mini_librispeech, tiny_hubert_teacher, 
     first = student_state(expdir / "states-6.ckpt")
     assert any(not torch.equal(first[name], value) for name, value in checkpoint["Student"]["state_dict"].items())
     assert not list(expdir.glob(".*.tmp")), "a temporary checkpoint file was left behind"
+
+
+@pytest.mark.slow
+def test_pretrain_with_the_distilhubert_objective_trains_saves_and_resumes_its_heads(
+    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path
+):
+    """objective.kind distilhubert, 4 steps: the L1 and cosine terms are logged, the prediction heads
+    (teacher layers 1 and 2 of 2 by default) train with the student and are saved under `Objective`,
+    the star_hubert upstream loads the student alone, and a run resumed from step 2 ends where the
+    uninterrupted one did, heads and optimiser included (deterministic CPU, one thread)."""
+    from s3prl_star.hub import UpstreamExpert
+
+    model_yaml, runner_yaml = write_configs(
+        tmp_path / "configs", teacher=tiny_hubert_teacher, corpus=mini_librispeech, csv_dir=csv_dir,
+        runner={"n_epochs": -1, "total_steps": 4, "gradient_accumulate_steps": 1, "log_step": 1, "save_step": 2},
+        datarc={"train_batch_size": 4}, objective={"kind": "distilhubert"},
+    )
+    run_pretrain(["-u", "star_hubert", "-g", str(model_yaml), "-c", str(runner_yaml), "-n", "distilhubert"], cwd=tmp_path)
+    expdir = tmp_path / "result" / "pretrain" / "distilhubert"
+    logged = scalars(expdir)
+    prefix = "star_hubert/train-"
+    assert {f"{prefix}loss/{term}" for term in ("l1", "cosine", "total")} <= set(logged), sorted(logged)
+    assert prefix + "loss/layerwise" not in logged
+    assert [step for step, _ in logged[prefix + "loss/cosine"]] == [1, 2, 3, 4]
+
+    middle, final = load_checkpoint(expdir / "states-2.ckpt"), load_checkpoint(expdir / "states-4.ckpt")
+    assert sorted(final["Objective"]) == [f"heads.{k}.{i}.{name}" for k in (0, 1) for i in (0, 2) for name in ("bias", "weight")]
+    assert final["Objective"]["heads.1.2.weight"].shape == (64, 32)  # teacher width x student width
+    assert all(not torch.equal(middle["Objective"][name], value) for name, value in final["Objective"].items()), \
+        "a head did not train: it is not in the optimiser"
+    upstream = UpstreamExpert(str(expdir / "states-4.ckpt"))
+    for name, value in final["Student"]["state_dict"].items():
+        assert torch.equal(upstream.model.state_dict()[name], value), name
+
+    run_pretrain(["-e", str(expdir / "states-2.ckpt"), "-n", "distilhubert"], cwd=tmp_path)
+    resumed = load_checkpoint(expdir / "states-4.ckpt")
+    assert resumed["Data"] == final["Data"] == {"batches_done": 4}
+    for section in ("Student", "Objective"):
+        reference = final[section]["state_dict"] if section == "Student" else final[section]
+        saved = resumed[section]["state_dict"] if section == "Student" else resumed[section]
+        for name, value in reference.items():
+            assert torch.equal(saved[name], value), f"{section} {name}"
+    for index, value in final["Optimizer"]["state"].items():
+        assert all(torch.equal(resumed["Optimizer"]["state"][index][key], tensor) for key, tensor in value.items())
 
 
 def test_non_finite_loss_saves_the_batch_and_fails(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path):
@@ -267,6 +312,36 @@ def test_shipped_model_config_is_the_star_hubert_preset():
         bad = {**config, "objectve": config["objective"]}
         del bad["objective"]
         expert.check_keys(bad, expert.MODEL_KEYS, expert.MODEL_KEYS, "m.yaml")
+
+
+def test_objective_kind_selects_the_loss_and_refuses_what_it_does_not_use(tmp_path):
+    """`objective.kind` (star when absent) picks the loss config; a key of the other kind, a misspelt
+    kind or a STaR layer_map with distilhubert stop the run, named."""
+    from s3prl_star.distilhubert_loss import DistilHubertLossConfig
+    from s3prl_star.losses import StarLossConfig
+
+    expert = _load_expert_module()
+    config, _ = expert.load_model_config(str(EXPERT_DIR / "config_model.yaml"))
+    assert config["objective"]["kind"] == "star"
+    assert expert.objective_config(config["objective"], "o") == ("star", StarLossConfig())
+    assert expert.objective_config({"intra_weight": 0.0}, "o") == ("star", StarLossConfig(intra_weight=0.0))
+    assert expert.objective_config({"kind": "distilhubert", "pred_layers": [4, 8, 12]}, "o") == (
+        "distilhubert", DistilHubertLossConfig(pred_layers=(4, 8, 12)))
+    for section, message in (
+        ({"kind": "distilhubrt"}, r"m\.yaml: objective: kind 'distilhubrt'; expected one of \('star', 'distilhubert'\)"),
+        ({"kind": "distilhubert", "intra_weight": 1.0}, r"objective \(kind distilhubert\): .*unknown keys \['intra_weight'\]"),
+        ({"pred_layers": [4]}, r"objective \(kind star\): .*unknown keys \['pred_layers'\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            expert.objective_config(section, "m.yaml: objective")
+
+    upstream_config = {
+        "student": TINY_STUDENT, "precision": "fp32", "objective": {"kind": "distilhubert"},
+        "teacher": {"name": "hubert_local", "ckpt": str(tmp_path / "never_loaded.pt"), "layer_map": [1, 2]},
+    }
+    datarc = {"libri_root": str(tmp_path), "file_path": str(tmp_path), "sets": [], "train_batch_size": 1, "num_workers": 0}
+    with pytest.raises(ValueError, match=r"teacher\.layer_map pairs student and teacher layers for STaR"):
+        expert.UpstreamPretrainExpert(datarc, upstream_config, "cpu")
 
 
 def test_resolve_paths_makes_run_pretrain_paths_absolute(tmp_path):

@@ -26,17 +26,12 @@ import pytest
 import soundfile as sf
 
 from helpers import FAST_RUNNER, RECIPES, STEPS, downstream_output, run_downstream
-from s3prl_star.synthetic import SAMPLE_RATE, make_librispeech, require_tools, synthesise
+from s3prl_star import corpus
+from s3prl_star.synthetic import SAMPLE_RATE, require_tools, synthesise
 
 # --- PR: LibriSpeech layout and a lexicon of espeak-ng's phonemes -------------------------------
 
-PR_SPLITS = {"train-clean-100": 6, "dev-clean": 3, "test-clean": 3}
-
-
-def espeak_phonemes(word: str, espeak: str) -> list[str]:
-    """espeak-ng's own phoneme transcription of `word` (`-x`, phonemes separated by spaces)."""
-    result = subprocess.run([espeak, "-q", "-x", "--sep= ", word.lower()], capture_output=True, text=True, check=True)
-    return result.stdout.split()
+PR_SPLITS = {"train-clean-100": (6, 3), "dev-clean": (3, 3), "test-clean": (3, 3)}  # (utterances, speakers)
 
 
 def transcripts(root: Path) -> dict[str, str]:
@@ -47,19 +42,16 @@ def transcripts(root: Path) -> dict[str, str]:
 
 def make_libriphone_corpus(root: Path) -> dict:
     """LibriSpeech (train-clean-100, dev-clean, test-clean) of espeak-ng speech, a lexicon
-    `WORD<TAB>PHONEMES` of espeak-ng's phonemes for its words, and the vocabulary of those phonemes.
-    Returns the PR recipe's data keys (`path`, `lexicon`, `vocab_file`) and `labels`, the phoneme
-    string of every utterance."""
-    corpus = make_librispeech(root / "LibriSpeech", PR_SPLITS, seed=0)
-    texts = transcripts(corpus)
-    espeak = require_tools()["espeak-ng"]
-    lexicon = {word: espeak_phonemes(word, espeak) for word in sorted({w for t in texts.values() for w in t.split()})}
-    lexicon_file = root / "lexicon.txt"
-    lexicon_file.write_text("".join(f"{word}\t{' '.join(phonemes)}\n" for word, phonemes in lexicon.items()))
-    vocab_file = root / "phonemes.txt"
-    vocab_file.write_text("".join(f"{p}\n" for p in sorted({p for ps in lexicon.values() for p in ps})))
-    labels = {utt: " ".join(p for word in text.split() for p in lexicon[word]) for utt, text in texts.items()}
-    return {"path": corpus, "lexicon": lexicon_file, "vocab_file": vocab_file, "labels": labels}
+    `WORD<TAB>PHONEMES` of espeak-ng's phonemes for the grammar's words, and the vocabulary of those
+    phonemes (`s3prl_star.corpus.librispeech` and `.phoneme_lexicon`). Returns the PR recipe's data keys
+    (`path`, `lexicon`, `vocab_file`) and `labels`, the phoneme string of every utterance."""
+    asr = corpus.librispeech(root, PR_SPLITS, seed=0)
+    pr = corpus.phoneme_lexicon(root, asr)
+    corpus.build([asr, pr])
+    path, (lexicon_file,) = pr.data["corpus.path"], pr.data["corpus.lexicon"]
+    lexicon = dict(line.split("\t") for line in lexicon_file.read_text().splitlines())
+    labels = {utt: " ".join(lexicon[word] for word in text.split()) for utt, text in transcripts(path).items()}
+    return {"path": path, "lexicon": lexicon_file, "vocab_file": Path(pr.overrides.split("=", 1)[1]), "labels": labels}
 
 
 def pr_overrides(corpus: dict, **changes) -> str:

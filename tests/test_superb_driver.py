@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -95,9 +94,13 @@ def test_an_output_folder_in_use_is_refused(tmp_path):
 def test_lr_search_grid_is_around_the_recipe_learning_rate():
     from s3prl_star.superb.driver import learning_rates
 
-    assert learning_rates(TASKS["sid"], lr_search=False) == [1.0e-3]  # the paper's 10x
-    assert learning_rates(TASKS["ks"], lr_search=True) == pytest.approx([1.0e-5, 1.0e-4, 1.0e-3])
-    assert learning_rates(TASKS["asv"], lr_search=True) == [1.0e-4]  # no dev set to choose on
+    assert learning_rates(TASKS["sid"], lr_search=False, user_overrides=[]) == [1.0e-3]  # the paper's 10x
+    assert learning_rates(TASKS["ks"], lr_search=True, user_overrides=[]) == pytest.approx([1.0e-5, 1.0e-4, 1.0e-3])
+    assert learning_rates(TASKS["asv"], lr_search=True, user_overrides=[]) == [1.0e-4]  # no dev set to choose on
+    # a DATA.yaml learning rate (the last one assigned) replaces the recipe's, as base of the grid too
+    user = ["config.optimizer.lr=5e-3", "config.runner.total_steps=9,, config.optimizer.lr = 2e-3"]
+    assert learning_rates(TASKS["ks"], lr_search=False, user_overrides=user) == [2.0e-3]
+    assert learning_rates(TASKS["ks"], lr_search=True, user_overrides=user) == pytest.approx([2.0e-4, 2.0e-3, 2.0e-2])
 
 
 # --- slow: tiny corpora --------------------------------------------------------------------------
@@ -128,8 +131,7 @@ def make_ks_data(root: Path) -> dict:
 def make_sid_data(root: Path) -> dict:
     from test_downstream_sid import make_voxceleb1
 
-    corpus = make_voxceleb1(root / "VoxCeleb1", ("en-us", "en-us+m1", "en-us+f2"), {"train": 2, "dev": 1, "test": 1},
-                            video="videoA", seed=1)
+    corpus = make_voxceleb1(root, 3, {"train": 2, "dev": 1, "test": 1}, seed=1)
     return {"datarc.file_path": str(corpus.root), "datarc.meta_data": str(corpus.split_list),
             "overrides": "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=4"}
 
@@ -137,19 +139,17 @@ def make_sid_data(root: Path) -> dict:
 def make_ic_data(root: Path) -> dict:
     from test_downstream_tasks import make_fluent_commands
 
-    corpus = make_fluent_commands(root / "fluent_speech_commands_dataset")
+    corpus = make_fluent_commands(root)
     return {"datarc.file_path": str(corpus),
             "overrides": "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=4,,"
                          "config.downstream_expert.datarc.eval_batch_size=4"}
 
 
 def make_er_data(root: Path) -> dict:
-    """make_iemocap's corpus; its fold-1 metadata serves as every fold's (the folds differ only by name here)."""
+    """make_iemocap's corpus and its five folds' metadata."""
     from test_superb_tasks import make_iemocap
 
     corpus, meta = make_iemocap(root)
-    for session in range(2, 6):
-        shutil.copytree(meta / "Session1", meta / f"Session{session}")
     return {"datarc.root": str(corpus), "datarc.meta_data": str(meta),
             "overrides": "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.pre_load=False"}
 

@@ -103,6 +103,11 @@ def test_plot_is_written_as_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
     assert width >= 800 and height >= 400
+    raw = tmp_path / "plots" / "metrics.png"
+    result = score("--metrics", metrics_file(tmp_path / "a.json", HUBERT_BASE, "hubert_base"),
+                   "--plot", str(raw), "--plot-metrics")
+    assert result.returncode == 0, result.stderr
+    assert raw.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and raw.read_bytes() != data
 
 
 @pytest.mark.parametrize("content, expected", [

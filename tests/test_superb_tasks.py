@@ -11,7 +11,6 @@ every query against every document per layer, ASV trains then evaluates each sav
 espeak-ng speech in its corpus' layout; QbE, SD and ASV end in their SUPERB metric (QbE_mtwv, SD_der,
 ASV_eer; printed). Only step counts, batch sizes and workers are overridden (-o), to fit CI.
 """
-import hashlib
 import json
 import random
 import subprocess
@@ -25,6 +24,7 @@ import soundfile as sf
 import yaml
 
 from helpers import RECIPES, printed_accuracy, run_downstream, train_args, train_then_evaluate
+from s3prl_star import corpus
 from s3prl_star.superb.asv import eer_of_output, eer_of_run
 from s3prl_star.superb.diarization import der_of_run, read_rttm
 from s3prl_star.superb.qbe import best_layer_on_dev, mtwv_of_run, read_scores
@@ -109,35 +109,13 @@ def speak(path: Path, text: str, voice: str):
     return samples
 
 
-def speech_commands_speaker(validation: bool, start: int = 0) -> str:
-    """A speaker id that Speech Commands' hash split (as s3prl's split_dataset computes it) puts in
-    the validation (< 10 %) or the training (>= 20 %) part."""
-    for index in range(start, start + 1000):
-        name = f"{index:08x}"
-        percentage = (int(hashlib.sha1(name.encode()).hexdigest(), 16) % 2**27) * (100.0 / (2**27 - 1))
-        if (percentage < 10) if validation else (percentage >= 20):
-            return name
-    raise AssertionError("no speaker id found")
-
-
 def make_speech_commands(root: Path) -> tuple:
-    """Speech Commands v0.01 layout: train root (class folders, _background_noise_) and test root."""
-    words = ("yes", "no", "up", "down", "bed")  # "bed" is not a keyword: _unknown_
-    train_root, test_root = root / "speech_commands_v0.01", root / "speech_commands_test_set_v0.01"
-    speakers = [(speech_commands_speaker(False, 0), VOICES[0]), (speech_commands_speaker(False, 500), VOICES[1]),
-                (speech_commands_speaker(True), VOICES[2])]
-    for word in words:
-        for speaker, voice in speakers:
-            speak(train_root / word / f"{speaker}_nohash_0.wav", word, voice)
-        test_class = "_unknown_" if word == "bed" else word
-        speak(test_root / test_class / f"{speakers[0][0]}_nohash_1.wav", word, VOICES[3])
-    noise = np.random.default_rng(0).normal(0, 0.01, size=(2, 24000)).astype("float32")
-    (train_root / "_background_noise_").mkdir()
-    for index, samples in enumerate(noise):
-        sf.write(train_root / "_background_noise_" / f"noise{index}.wav", samples, SAMPLE_RATE, subtype="PCM_16")
-    (test_root / "_silence_").mkdir()
-    sf.write(test_root / "_silence_" / "silence0.wav", noise[0, :SAMPLE_RATE], SAMPLE_RATE, subtype="PCM_16")
-    return train_root, test_root
+    """Speech Commands v0.01 layout (`s3prl_star.corpus.speech_commands`): train root (class folders of
+    2 training and 1 validation speaker, _background_noise_) and test root (another speaker, _silence_)."""
+    plan = corpus.speech_commands(root, ("yes", "no", "up", "down"), ("bed",), {"train": 2, "valid": 1, "test": 1},
+                                  seed=0, noise_seconds=2)
+    corpus.build([plan])
+    return plan.data["datarc.speech_commands_root"], plan.data["datarc.speech_commands_test_root"]
 
 
 @pytest.mark.slow
@@ -153,26 +131,12 @@ def test_keyword_spotting_trains_then_evaluates(tmp_path, tiny_student_checkpoin
     superb_metric("KS_acc", 100 * printed_accuracy(output))
 
 
-EMOTIONS = {"neu": "the meeting is at noon", "hap": "what a wonderful day", "ang": "stop doing that now",
-            "sad": "i miss them so much"}
-
-
 def make_iemocap(root: Path) -> tuple:
-    """IEMOCAP wavs under <root>/IEMOCAP and fold-1 metadata (Session1 test, the rest train)."""
-    corpus, meta = root / "IEMOCAP", root / "meta_data"
-    splits = {"train": VOICES[:3], "test": VOICES[3:]}
-    for split, voices in splits.items():
-        rows = []
-        for voice_index, voice in enumerate(voices):
-            session = "Session1" if split == "test" else f"Session{2 + voice_index}"
-            for label, text in EMOTIONS.items():
-                relative = f"{session}/sentences/wav/{session}_{label}_{voice_index}.wav"
-                speak(corpus / relative, text, voice)
-                rows.append({"path": relative, "label": label, "speaker": f"{session}_{voice_index}"})
-        labels = {label: index for index, label in enumerate(EMOTIONS)}
-        (meta / "Session1").mkdir(parents=True, exist_ok=True)
-        (meta / "Session1" / f"{split}_meta_data.json").write_text(json.dumps({"labels": labels, "meta_data": rows}))
-    return corpus, meta
+    """IEMOCAP wavs (`s3prl_star.corpus.iemocap`: 5 sessions x 2 speakers x 4 emotions) and the 5 folds'
+    metadata: (corpus root, metadata folder)."""
+    plan = corpus.iemocap(root, per_emotion=1, seed=0)
+    corpus.build([plan])
+    return plan.data["datarc.root"], plan.data["datarc.meta_data"]
 
 
 @pytest.mark.slow

@@ -3,17 +3,22 @@
 s3prl's pretrain Runner builds `UpstreamPretrainExpert(datarc, upstream_config, device, multi_gpu)`,
 trains `expert.model` with its own optimiser loop and calls `forward(batch)` for the loss
 (s3prl/pretrain/runner.py). Here:
-- `model` is the StarHubert student (DDP-wrapped under torchrun); the teacher is a frozen s3prl
-  upstream (`s3prl_star.teacher.Teacher`); the loss is `s3prl_star.losses.StarLoss`.
+- `model` (`Distillation`, DDP-wrapped under torchrun) is what the runner optimises: the StarHubert
+  student and the objective's parameters; the teacher is a frozen s3prl upstream
+  (`s3prl_star.teacher.Teacher`); the loss is `s3prl_star.losses.StarLoss` (`objective.kind: star`)
+  or `s3prl_star.distilhubert_loss.DistilHubertLoss` (`kind: distilhubert`, the baseline: its
+  prediction heads train with the student).
 - Data: whole utterances from s3prl length CSVs in length-sorted buckets (`s3prl_star.data`), read
   with soundfile in DataLoader workers; each pass the runner makes over the loader is the next epoch.
 - Checkpoints hold `Student` ({"config", "state_dict"}, what `s3prl_star.checkpoint.load_student`
-  reads), the number of batches consumed (data order on resume) and every rank's torch RNG state.
+  reads), `Objective` (the loss's state dict: DistilHuBERT's heads, empty for STaR; only a resumed
+  run reads it), the number of batches consumed (data order on resume) and every rank's torch RNG state.
 - Precision: bf16 autocast on CUDA (`precision: bf16` in config_model.yaml), float32 on CPU.
 
 config_model.yaml (`upstream_config`): `student` (a `preset` of `s3prl_star.model.PRESETS` with
 optional field overrides, or every StarHubertConfig field), `teacher` (`name`, `ckpt`,
-`model_config`, `layer_map`), `objective` (StarLossConfig fields), `precision` (bf16 | fp32).
+`model_config`, `layer_map`: STaR only), `objective` (`kind`: star (default) with StarLossConfig
+fields, or distilhubert with DistilHubertLossConfig fields), `precision` (bf16 | fp32).
 datarc (config_runner.yaml `pretrain_expert.datarc`): `libri_root`, `file_path` (folder of the
 length CSVs), `sets` (CSV names), `train_batch_size` (per process), `max_length` (samples; longer
 utterances are dropped, null keeps all), `num_workers`, `skip_unreadable` (false: an audio file that
@@ -37,8 +42,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from s3prl_star.config_check import DATARC_TYPES
 from s3prl_star.data import LengthBucketBatchSampler, WaveformDataset, collate_waveforms, load_length_csvs
-from s3prl_star.losses import StarLoss, StarLossConfig
-from s3prl_star.model import PRESETS, StarHubert, StarHubertConfig
+from s3prl_star.distilhubert_loss import DistilHubertLoss, DistilHubertLossConfig
+from s3prl_star.losses import LossSums, StarLoss, StarLossConfig
+from s3prl_star.model import PRESETS, StarHubert, StarHubertConfig, StarHubertOutput
 from s3prl_star.pretrain import NonFiniteLossError
 from s3prl_star.teacher import Teacher, resolve_layer_map
 
@@ -46,6 +52,7 @@ MODEL_KEYS = {"student", "teacher", "objective", "precision"}
 TEACHER_KEYS = {"name", "ckpt", "model_config", "layer_map"}
 DATARC_KEYS = set(DATARC_TYPES)  # types checked by s3prl-star pretrain before the runner starts
 PRECISIONS = ("bf16", "fp32")
+OBJECTIVE_KINDS = ("star", "distilhubert")
 
 
 class UpstreamPretrainExpert(nn.Module):
@@ -68,17 +75,26 @@ class UpstreamPretrainExpert(nn.Module):
 
         self.student = StarHubert(student_config(self.upstream_config["student"], f"{source}: student")).to(self.device)
         teacher = self.upstream_config["teacher"]
-        self.objective = StarLossConfig.from_dict(self.upstream_config["objective"])
-        self.need_attention = self.objective.attention_weight > 0
+        self.kind, self.objective = objective_config(self.upstream_config["objective"], f"{source}: objective")
+        if self.kind == "distilhubert" and teacher["layer_map"] is not None:
+            raise ValueError(f"{source}: teacher.layer_map pairs student and teacher layers for STaR; "
+                             "objective.kind distilhubert predicts the teacher layers objective.pred_layers")
+        self.need_attention = self.kind == "star" and self.objective.attention_weight > 0
         self.teacher = Teacher.from_s3prl(
             teacher["name"], ckpt=teacher["ckpt"], model_config=teacher["model_config"], need_attention=self.need_attention
         ).to(self.device)
-        self.layer_map = resolve_layer_map(self.teacher.num_layers, self.student.config.encoder_layers, teacher["layer_map"])
-        self.loss = StarLoss(self.objective)
-        self.model = self.student
+        if self.kind == "star":
+            self.layer_map = resolve_layer_map(self.teacher.num_layers, self.student.config.encoder_layers,
+                                               teacher["layer_map"])
+            self.loss = StarLoss(self.objective)
+        else:
+            self.layer_map = None
+            self.loss = DistilHubertLoss(self.objective, self.student.config.encoder_embed_dim,
+                                         self.teacher.embed_dim, self.teacher.num_layers).to(self.device)
+        self.model = Distillation(self.student, self.loss)
         if self.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.student, device_ids=device_ids)
+            self.model = DistributedDataParallel(self.model, device_ids=device_ids)
 
         csvs = [os.path.join(self.datarc["file_path"], f"{name}.csv") for name in self.datarc["sets"]]
         self.waveforms = WaveformDataset(load_length_csvs(csvs, self.datarc["libri_root"], self.datarc.get("max_length")),
@@ -101,8 +117,9 @@ class UpstreamPretrainExpert(nn.Module):
         )
         self.recent = deque(maxlen=20)  # (forward start time, global utterances, total loss)
         parameters = sum(p.numel() for p in self.student.parameters())
-        print(f"[UpstreamPretrainExpert] - student {parameters:,} parameters; teacher {teacher['name']} "
-              f"({self.teacher.num_layers} layers, map {self.layer_map}); rank {self.rank}/{self.world_size}")
+        pairing = f"map {self.layer_map}" if self.kind == "star" else f"heads predict {self.loss.pred_layers}"
+        print(f"[UpstreamPretrainExpert] - student {parameters:,} parameters; objective {self.kind}; teacher "
+              f"{teacher['name']} ({self.teacher.num_layers} layers, {pairing}); rank {self.rank}/{self.world_size}")
 
     # --- the interface s3prl's Runner asserts -------------------------------------------------------
 
@@ -110,11 +127,12 @@ class UpstreamPretrainExpert(nn.Module):
         return self.dataloader
 
     def load_model(self, init_ckpt: dict) -> None:
-        """Resume: student weights, the data position and every rank's RNG state."""
+        """Resume: student and objective weights, the data position and every rank's RNG state."""
         saved = StarHubertConfig.from_dict(init_ckpt["Student"]["config"], source="checkpoint Student.config")
         if saved != self.student.config:
             raise ValueError(f"checkpoint student {saved} differs from the configured student {self.student.config}")
         self.student.load_state_dict(init_ckpt["Student"]["state_dict"])
+        self.loss.load_state_dict(init_ckpt.get("Objective", {}))  # checkpoints before the key: STaR's, empty
         self.epochs.batches_done = init_ckpt["Data"]["batches_done"]
         rng = init_ckpt["RNG"]
         if len(rng["torch"]) != self.world_size:
@@ -127,6 +145,7 @@ class UpstreamPretrainExpert(nn.Module):
     def add_state_to_save(self, all_states: dict) -> dict:
         """Called by the runner on every process at the same step, so RNG states can be gathered."""
         all_states["Student"] = {"config": self.student.config.to_dict(), "state_dict": self.student.state_dict()}
+        all_states["Objective"] = self.loss.state_dict()
         all_states["Upstream_Config"] = self.upstream_config
         all_states["Data"] = {"batches_done": self.epochs.batches_done}
         all_states["RNG"] = {"torch": self._gather(torch.get_rng_state())}
@@ -137,7 +156,7 @@ class UpstreamPretrainExpert(nn.Module):
     def on_before_zero_grad(self) -> None:
         """After the runner's clipping and optimiser step: s3prl's runner only prints a NaN gradient
         norm (and skips the step); NaN or infinite gradients stop the run here instead."""
-        gradients = [p.grad.detach() for p in self.student.parameters() if p.grad is not None]
+        gradients = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
         if gradients and not bool(torch.stack([g.abs().max() for g in gradients]).isfinite().all()):
             raise FloatingPointError(f"non-finite gradients after {self.epochs.batches_done} batches "
                                      "(see the gradient-norm scalar)")
@@ -150,15 +169,12 @@ class UpstreamPretrainExpert(nn.Module):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             teacher = self.teacher(waveforms, lengths)
             teacher_done = self.clock()
-            student = self.model(waveforms, lengths, need_attention=self.need_attention)
+            student, predictions = self.model(waveforms, lengths, need_attention=self.need_attention)
             student_done = self.clock()
         if not torch.equal(teacher.padding_mask, student.padding_mask):
             raise ValueError(f"teacher and student frame counts differ: {teacher.padding_mask.shape} vs "
                              f"{student.padding_mask.shape}; both need a 320-sample hop")
-        sums = self.loss.sums(
-            [teacher.hidden_states[index] for index in self.layer_map], student.hidden_states, student.padding_mask,
-            teacher.attentions, student.attentions,
-        )
+        sums = self.loss_sums(teacher, student, predictions)
         if self.world_size > 1:  # normalise by the global batch's valid pairs (see losses.LossSums)
             for denominator in sums.denominators.values():
                 dist.all_reduce(denominator)
@@ -184,6 +200,13 @@ class UpstreamPretrainExpert(nn.Module):
             records["utterances_per_second"].append(self.utterances_per_second())
         # DDP averages gradients over processes; each process's loss is its share of the global loss
         return loss * self.world_size, records
+
+    def loss_sums(self, teacher: StarHubertOutput, student: StarHubertOutput, predictions: Tensor | None) -> LossSums:
+        """The configured objective's numerators and denominators for one batch."""
+        if self.kind == "distilhubert":
+            return self.loss.sums(teacher.hidden_states, predictions, student.padding_mask)
+        return self.loss.sums([teacher.hidden_states[index] for index in self.layer_map], student.hidden_states,
+                              student.padding_mask, teacher.attentions, student.attentions)
 
     def log_records(self, records: dict, logger, prefix: str, global_step: int, **kwargs) -> None:
         """TensorBoard scalars: the mean of every record since the last log step."""
@@ -221,6 +244,26 @@ class UpstreamPretrainExpert(nn.Module):
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local)
         return [tensor.cpu() for tensor in gathered]
+
+
+class Distillation(nn.Module):
+    """`expert.model`, what s3prl's runner optimises (it collects `expert.model`'s parameters): the
+    student and the loss's parameters (DistilHuBERT's prediction heads; STaR's loss has none), in one
+    module so that one DDP wrapper averages all their gradients.
+
+    forward(waveforms, lengths, need_attention) -> (the student's output, the heads' predictions
+    (B, N, T, d_T) on its last layer, None for STaR).
+    """
+
+    def __init__(self, student: StarHubert, loss: StarLoss | DistilHubertLoss):
+        super().__init__()
+        self.student = student
+        self.loss = loss
+
+    def forward(self, waveforms: Tensor, lengths: Tensor, need_attention: bool) -> tuple[StarHubertOutput, Tensor | None]:
+        output = self.student(waveforms, lengths, need_attention=need_attention)
+        predictions = self.loss.predict(output.hidden_states[-1]) if isinstance(self.loss, DistilHubertLoss) else None
+        return output, predictions
 
 
 class BucketBatches(Dataset):
@@ -284,6 +327,21 @@ def load_model_config(upstream_config: str | dict) -> tuple[dict, str]:
         raise ValueError(f"{source}: precision {config['precision']!r}; expected one of {PRECISIONS}")
     config["teacher"] = {key: config["teacher"].get(key) for key in TEACHER_KEYS}
     return config, source
+
+
+def objective_config(section: Any, source: str) -> tuple[str, StarLossConfig | DistilHubertLossConfig]:
+    """(kind, loss config) of the `objective` section: `kind` (star by default) and that loss's fields."""
+    if not isinstance(section, dict):
+        raise ValueError(f"{source}: expected a mapping, found {section!r}")
+    fields = dict(section)
+    kind = fields.pop("kind", "star")
+    if kind not in OBJECTIVE_KINDS:
+        raise ValueError(f"{source}: kind {kind!r}; expected one of {OBJECTIVE_KINDS}")
+    try:
+        config = StarLossConfig.from_dict(fields) if kind == "star" else DistilHubertLossConfig.from_dict(fields)
+    except ValueError as error:
+        raise ValueError(f"{source} (kind {kind}): {error}") from None
+    return kind, config
 
 
 def student_config(section: dict, source: str) -> StarHubertConfig:

@@ -287,12 +287,15 @@ def write_json(path: Path, data) -> None:
     write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2) + "\n"))
 
 
-def learning_rates(task: Task, lr_search: bool) -> list[float]:
-    """The recipe's learning rate, or with --lr-search the grid around it (ASV: no dev set to choose on)."""
-    recipe_lr = float(yaml.safe_load(task.config.read_text())["optimizer"]["lr"])
+def learning_rates(task: Task, lr_search: bool, user_overrides: list[str]) -> list[float]:
+    """The learning rate (the last `config.optimizer.lr=` of DATA.yaml's overrides, else the recipe's), or
+    with --lr-search the grid around it (ASV: no dev set to choose on)."""
+    assigned = [piece.split("=", 1)[1] for text in user_overrides for piece in text.split(",,")
+                if piece.split("=", 1)[0].strip() == "config.optimizer.lr"]
+    base = float(assigned[-1]) if assigned else float(yaml.safe_load(task.config.read_text())["optimizer"]["lr"])
     if not lr_search or task.selection is Selection.LOWEST_OVER_CHECKPOINTS:
-        return [recipe_lr]
-    return [recipe_lr * factor for factor in LR_GRID]
+        return [base]
+    return [base * factor for factor in LR_GRID]
 
 
 def evaluates_dev_best(task: Task, submission: bool) -> bool:
@@ -305,16 +308,17 @@ def evaluates_dev_best(task: Task, submission: bool) -> bool:
 def run_trained_task(ctx: Context, task: Task, gpu: str | None) -> None:
     """Every trial (learning rate) of a task that trains: training and its test evaluation(s)."""
     entry = ctx.data[task.key]
-    for learning_rate in learning_rates(task, ctx.lr_search):
+    user = [text for text in (ctx.common_overrides, entry.overrides) if text]
+    for learning_rate in learning_rates(task, ctx.lr_search, user):
         trial = results.task_dir(ctx.out, task) / results.trial_name(learning_rate)
-        overrides = [*data_overrides(entry), f"config.optimizer.lr={learning_rate}"]
-        user = [text for text in (ctx.common_overrides, entry.overrides) if text]
+        # after the user's overrides: the trial's rate wins over a DATA.yaml `config.optimizer.lr`
+        lr_override = [f"config.optimizer.lr={learning_rate}"]
         folds = ER_FOLDS if task.selection is Selection.FOLDS else (None,)
         for fold in folds:
             expdir = trial if fold is None else results.fold_dir(trial, fold)
             label = "/".join(part for part in (task.name, trial.name, fold) if part)
             fold_override = [f"config.downstream_expert.datarc.test_fold={fold}"] if fold else []
-            train(ctx, task, label, expdir, overrides + fold_override + user, gpu)
+            train(ctx, task, label, expdir, [*data_overrides(entry), *fold_override, *user, *lr_override], gpu)
             if evaluates_dev_best(task, ctx.submission) and not (expdir / results.EVALUATE_DONE).is_file():
                 evaluate_dev_best(ctx, task, label, expdir, gpu)
             if task.selection is Selection.LOWEST_OVER_CHECKPOINTS:

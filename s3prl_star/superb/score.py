@@ -242,9 +242,11 @@ def format_json(models: list[ModelScore]) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-def plot(models: list[ModelScore], path: Path) -> None:
-    """Grouped bars of each model's SUPERB points per task (0 = FBANK, 1000 = state of the art), written
-    atomically to `path` (PNG); a missing task shows as an empty slot marked 'n/a'."""
+def plot(models: list[ModelScore], path: Path, metrics: bool = False) -> None:
+    """Grouped bars of each model's SUPERB points per task (0 = FBANK, 1000 = state of the art), or with
+    `metrics` of its raw metric values per metric key (for data other than SUPERB's, such as the
+    mini-SUPERB, where the reference points mean nothing), written atomically to `path` (PNG); a
+    missing task shows as an empty slot marked 'n/a'."""
     try:
         import matplotlib
     except ImportError:
@@ -255,26 +257,37 @@ def plot(models: list[ModelScore], path: Path) -> None:
 
     from s3prl_star.atomic import write_atomically
 
-    names = [task.name for task in TASKS.values()]
+    if metrics:
+        names = [key for key in METRIC_KEYS if any(key in model.metrics for model in models)]
+        values = [{key: 100.0 * v if key == "QbE_mtwv" else v for key, v in model.metrics.items()} for model in models]
+    else:
+        names = [task.name for task in TASKS.values()]
+        values = [model.task_points for model in models]
     width = 0.8 / len(models)
     figure, axes = plt.subplots(figsize=(10.0, 5.0))
-    for index, model in enumerate(models):
+    for index, (model, heights_of) in enumerate(zip(models, values)):
         offsets = [position - 0.4 + width * (index + 0.5) for position in range(len(names))]
-        heights = [model.task_points.get(name, 0.0) for name in names]
-        if model.superb_score is not None:
+        heights = [heights_of.get(name, 0.0) for name in names]
+        if metrics:
+            label = model.label
+        elif model.superb_score is not None:
             label = f"{model.label} (SUPERB score {model.superb_score:.0f})"
         else:
             label = f"{model.label} (partial {_number(model.partial_superb_score, 0)}; missing {', '.join(model.missing)})"
         axes.bar(offsets, heights, width, label=label)
         for offset, name in zip(offsets, names):
-            if name not in model.task_points:
+            if name not in heights_of:
                 axes.text(offset, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.axhline(1000, color="grey", linewidth=0.8, linestyle="--")
-    axes.text(len(names) - 0.5, 1000, "SOTA", ha="right", va="bottom", fontsize=8, color="grey")
     axes.set_xticks(range(len(names)), names)
-    axes.set_ylabel("SUPERB points (0 = FBANK, 1000 = SOTA)")
-    axes.set_title("SUPERB points per task")
+    if metrics:
+        axes.set_ylabel("metric (%; QbE: MTWV x 100); error rates: lower is better")
+        axes.set_title("Metric per task")
+    else:
+        axes.axhline(1000, color="grey", linewidth=0.8, linestyle="--")
+        axes.text(len(names) - 0.5, 1000, "SOTA", ha="right", va="bottom", fontsize=8, color="grey")
+        axes.set_ylabel("SUPERB points (0 = FBANK, 1000 = SOTA)")
+        axes.set_title("SUPERB points per task")
     axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(3, len(models)), frameon=False)
     figure.tight_layout()
     write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
@@ -291,6 +304,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     output.add_argument("--md", action="store_true", help="print a Markdown table")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per model")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write each model's SUPERB points per task")
+    parser.add_argument("--plot-metrics", action="store_true",
+                        help="plot the raw metric values instead of SUPERB points (for data other than SUPERB's)")
     args = parser.parse_args(argv)
     if not args.inputs and not args.metrics:
         parser.error("give at least one OUT folder, results.json or --metrics FILE")
@@ -309,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()  # the table before the plot's message on a shared terminal
     if args.plot:
         try:
-            plot(models, args.plot)
+            plot(models, args.plot, metrics=args.plot_metrics)
         except InputError as error:
             print(f"s3prl-star score: {error}", file=sys.stderr)
             return 2

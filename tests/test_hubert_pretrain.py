@@ -1,0 +1,122 @@
+"""`s3prl-star teacher-pretrain`: HuBERT iteration 1 on the project's corpus, saved for `hubert_local`.
+
+- Fast: the MFCC labels (39 dims at 100 Hz, per-frame so a label-aligned crop keeps its labels),
+  k-means, the crop alignment, the schedule, bad options refused.
+- Slow: the console script on espeak-ng speech trains a tiny model, which s3prl's own `hubert_local`
+  loads and this project's `Teacher` runs; killed after a checkpoint, it resumes to the same weights
+  as an uninterrupted run; a finished folder is not trained again, and another run's folder is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from s3prl_star.hubert_pretrain import HOP, crop_batch, kmeans, learning_rate, mfcc_features, units
+
+CLI = str(Path(sys.executable).parent / "s3prl-star")
+TINY = ["--layers", "2", "--embed-dim", "32", "--ffn-dim", "64", "--heads", "2", "--clusters", "8",
+        "--batch-size", "2", "--max-seconds", "1.0"]
+
+
+def test_mfcc_labels_are_39_dimensional_at_100_hz_and_frame_local():
+    waveform = torch.randn(16000, generator=torch.Generator().manual_seed(0))
+    features = mfcc_features(waveform)
+    assert features.shape == ((16000 - 400) // HOP + 1, 39)
+    # the 13 static coefficients of a crop starting on a label boundary are the slice of the whole's
+    crop = mfcc_features(waveform[10 * HOP:])
+    assert torch.allclose(crop[:, :13], features[10:, :13], atol=1e-4)
+
+
+def test_kmeans_finds_separated_clusters():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([centre + 0.1 * torch.randn(50, 2, generator=generator) for centre in centres])
+    found = kmeans(points, 3, iterations=10, seed=0)
+    assert torch.cdist(centres, found).min(1).values.max() < 0.2
+    labels = units(points, found)
+    assert all(len(set(labels[i * 50:(i + 1) * 50].tolist())) == 1 for i in range(3))
+
+
+def test_crops_keep_waveform_and_labels_aligned():
+    waveforms = [torch.arange(8000, dtype=torch.float32), torch.arange(12000, dtype=torch.float32)]
+    labels = [torch.arange((len(w) - 400) // HOP + 1) for w in waveforms]
+    sources, targets = crop_batch(waveforms, labels, [0, 1], max_samples=6400, rng=random.Random(3))
+    assert sources.shape == (2, 6400) and targets.shape == (2, (6400 - 400) // HOP + 1)
+    for source, target in zip(sources, targets):
+        assert int(source[0]) == int(target[0]) * HOP  # label i starts at sample 160 i
+
+
+def test_schedule_warms_up_over_8_percent_then_decays_to_zero():
+    assert learning_rate(0, 100, 1.0) == 0.0 and learning_rate(8, 100, 1.0) == 1.0
+    assert learning_rate(54, 100, 1.0) == pytest.approx(0.5) and learning_rate(100, 100, 1.0) == 0.0
+
+
+@pytest.mark.parametrize("option, expected", [
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--embed-dim", "30", "--heads", "4"], "--embed-dim 30 must be divisible by --heads 4"),
+])
+def test_bad_options_are_refused(tmp_path, option, expected):
+    result = subprocess.run([CLI, "teacher-pretrain", str(tmp_path), "-o", str(tmp_path / "t"), *option],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+
+
+def teacher_pretrain(libri: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([CLI, "teacher-pretrain", str(libri), "-o", str(out), *TINY, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finished(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.mark.slow
+def test_trains_saves_for_hubert_local_and_resumes_after_a_kill(tmp_path, mini_librispeech):
+    steps = ["--steps", "30", "--save-every", "5"]
+    whole = finished(teacher_pretrain(mini_librispeech, tmp_path / "whole", *steps))
+    result = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert 0.0 <= result["held_out_masked_accuracy"] <= 1.0 and result["steps"] == 30
+    assert f"masked-prediction accuracy on {result['held_out_utterances']} held-out utterances" in whole
+
+    # s3prl's own loader reads the file; the teacher gives its 2 layers + input
+    from s3prl_star import compat
+    from s3prl_star.teacher import Teacher
+
+    compat.apply()
+    teacher = Teacher.from_s3prl("hubert_local", ckpt=str(tmp_path / "whole" / "teacher.pt"))
+    output = teacher(torch.randn(1, 16000), torch.tensor([16000]))
+    assert len(output.hidden_states) == 3 and output.hidden_states[-1].shape[-1] == 32
+
+    killed = teacher_pretrain(mini_librispeech, tmp_path / "killed", *steps)
+    states = tmp_path / "killed" / "states.pt"
+    deadline = time.monotonic() + 300
+    while not states.exists():
+        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()[0][-4000:]
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "result.json").exists()
+    resumed = finished(teacher_pretrain(mini_librispeech, tmp_path / "killed", *steps))
+    assert "resuming" in resumed and f"{states}" in resumed
+    expected = torch.load(tmp_path / "whole" / "teacher.pt", weights_only=True)["model_weight"]
+    actual = torch.load(tmp_path / "killed" / "teacher.pt", weights_only=True)["model_weight"]
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected), "resumed weights differ"
+
+    again = finished(teacher_pretrain(mini_librispeech, tmp_path / "whole", *steps))
+    assert "is already trained" in again
+    other = teacher_pretrain(mini_librispeech, tmp_path / "whole", "--steps", "31")
+    output, _ = other.communicate(timeout=600)
+    assert other.returncode != 0 and "trained with other settings" in output
