@@ -20,13 +20,13 @@ Data-parallel training: `sums` / `combine` as `StarLoss` (see `losses.LossSums`)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from s3prl_star.losses import LossSums, weighted_total
+from s3prl_star.losses import LossSums, config_from_dict, weighted_total
 
 _WEIGHTS = ("l1_weight", "cosine_weight")
 
@@ -63,12 +63,7 @@ class DistilHubertLossConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "DistilHubertLossConfig":
-        """Build from a plain mapping (e.g. a yaml section); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"DistilHubertLossConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

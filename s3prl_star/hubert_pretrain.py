@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import random
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -213,12 +211,11 @@ def settings_of(args: argparse.Namespace) -> dict:
     return settings
 
 
-def fit_units(out: Path, waveforms: list[Tensor], clusters: int, seed: int) -> Tensor:
+def fit_units(out: Path, features: list[Tensor], clusters: int, seed: int) -> Tensor:
     """The k-means centroids of the training MFCCs (kept in OUT/kmeans.pt, so a resumed run reuses them)."""
     path = out / "kmeans.pt"
     if path.exists():
         return torch.load(path, weights_only=True)["centroids"]
-    features = [mfcc_features(w) for w in tqdm(waveforms, desc="MFCC", unit="utt")]
     points = torch.cat(features)
     chosen = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))[:KMEANS_FRAMES]
     print(f"teacher-pretrain: k-means, {clusters} units on {len(chosen):,} of {len(points):,} MFCC frames", flush=True)
@@ -248,8 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     too_short = [len(w) for w in train + held_out if len(w) < 400 + HOP]
     if too_short:
         raise ValueError(f"{args.libri_root}: {len(too_short)} utterances shorter than 35 ms")
-    centroids = fit_units(out, train, args.clusters, args.seed)
-    train_labels = [units(mfcc_features(w), centroids) for w in tqdm(train, desc="units", unit="utt")]
+    train_features = [mfcc_features(w) for w in tqdm(train, desc="MFCC", unit="utt")]
+    centroids = fit_units(out, train_features, args.clusters, args.seed)
+    train_labels = [units(features, centroids) for features in train_features]
     held_out_labels = [units(mfcc_features(w), centroids) for w in held_out]
     frequencies = torch.bincount(torch.cat(held_out_labels), minlength=args.clusters)
     majority = float(frequencies.max() / frequencies.sum())

@@ -105,15 +105,19 @@ class StarLossConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "StarLossConfig":
-        """Build from a plain mapping (e.g. a yaml section); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"StarLossConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def config_from_dict(cls, values: Mapping[str, Any]):
+    """A loss config dataclass from a plain mapping (e.g. a yaml section); unknown keys are an error."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; expected a subset of {sorted(known)}")
+    return cls(**values)
 
 
 @dataclass
