@@ -390,10 +390,10 @@ SIZES = {
                  ks_keywords=3, ks_other_words=1, ks_speakers={"train": 2, "valid": 2, "test": 2}, ks_noise_seconds=2,
                  sid_speakers=4, sid_per_speaker={"train": 3, "dev": 1, "test": 1},
                  ic_intents=6, ic_speakers={"train": 2, "valid": 2, "test": 2}, er_per_emotion=1),
-    # The demo: big enough for a downstream probe to learn, about 2800 utterances.
+    # The demo: big enough for a downstream probe to learn, test sets of about 100 or more, about 3100 utterances.
     "small": Size(librispeech={"train-clean-100": (1200, 24), "dev-clean": (100, 4), "test-clean": (100, 4)},
-                  ks_keywords=10, ks_other_words=6, ks_speakers={"train": 24, "valid": 4, "test": 4},
-                  ks_noise_seconds=10, sid_speakers=16, sid_per_speaker={"train": 8, "dev": 2, "test": 2},
+                  ks_keywords=10, ks_other_words=6, ks_speakers={"train": 24, "valid": 4, "test": 8},
+                  ks_noise_seconds=10, sid_speakers=16, sid_per_speaker={"train": 16, "dev": 4, "test": 6},
                   ic_intents=30, ic_speakers={"train": 8, "valid": 2, "test": 2}, er_per_emotion=8),
 }
 
