@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -70,20 +72,101 @@ BASELINES = (
 )
 
 
-def run(*args: str) -> str:
-    """One `s3prl-star` subcommand in a subprocess; its output is shown as it comes and returned."""
-    print("\n$ s3prl-star " + " ".join(args), flush=True)
+def run(*args: str, log: Path | None = None, threads: int | None = None) -> str:
+    """One `s3prl-star` subcommand in a subprocess; returns its output. Without `log` the output is
+    shown as it comes; with it, appended to that file (a stage running beside another). `threads`:
+    the subprocess' OMP_NUM_THREADS (None: torch's default)."""
+    env = dict(os.environ, **({} if threads is None else {"OMP_NUM_THREADS": str(threads)}))
+    command = "$ s3prl-star " + " ".join(args)
+    print(("\n" if log is None else f"demo: [{log.stem}] ") + command, flush=True)
+    sink = sys.stdout.buffer if log is None else log.open("ab")
+    if log is not None:
+        sink.write(f"\n{command}\n".encode())
     process = subprocess.Popen([sys.executable, "-m", "s3prl_star.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, env=env)
+    RUNNING.add(process)
     output = bytearray()
-    while chunk := process.stdout.read1(4096):
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
-        output += chunk
-    if process.wait() != 0:
-        raise SystemExit(f"demo: `s3prl-star {args[0]}` failed with exit code {process.returncode}; "
+    try:
+        while chunk := process.stdout.read1(4096):
+            sink.write(chunk)
+            sink.flush()
+            output += chunk
+        process.wait()
+    finally:
+        RUNNING.discard(process)
+        if log is not None:
+            sink.close()
+    if process.returncode != 0:
+        where = "" if log is None else f" (its output: {log})"
+        raise SystemExit(f"demo: `s3prl-star {args[0]}` failed with exit code {process.returncode}{where}; "
                          "run the demo again to resume from the last finished step")
     return output.decode(errors="replace")
+
+
+RUNNING: set[subprocess.Popen] = set()  # the stages' processes, stopped when another stage fails
+
+
+class Stages:
+    """Stages run `jobs` at a time, each a function of its log file (OUT/logs/<name>.log) that runs
+    subcommands with `run(..., log=log, threads=self.threads)`. A stage may wait for the result of a
+    stage submitted before it (a worker is never blocked by one queued behind it). On a CPU the cores
+    are shared out: on 2 cores, two one-thread stages side by side finish sooner than one two-thread
+    stage after another (bench figures in the README's demo section). Every 60 s the running stages'
+    latest progress line is printed."""
+
+    def __init__(self, logs: Path, jobs: int, device: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        logs.mkdir(parents=True, exist_ok=True)
+        self.logs, self.pool = logs, ThreadPoolExecutor(jobs)
+        self.threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" and jobs > 1 else None
+        self.started: dict[str, float] = {}
+        self.futures: dict = {}
+
+    def submit(self, name: str, stage):
+        def timed():
+            self.started[name] = time.monotonic()
+            try:
+                return stage(self.logs / f"{name}.log")
+            finally:
+                print(f"demo: [{name}] ended after {(time.monotonic() - self.started.pop(name)) / 60:.1f} min",
+                      flush=True)
+
+        future = self.futures[name] = self.pool.submit(timed)
+        return future
+
+    def wait(self) -> None:
+        """Until every stage ends; the first failure stops the others and is raised."""
+        from concurrent.futures import FIRST_EXCEPTION, wait
+
+        pending = set(self.futures.values())
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=60, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        raise future.exception()
+                for name, since in list(self.started.items()):
+                    print(f"demo: [{name}] {(time.monotonic() - since) / 60:.1f} min: "
+                          f"{last_progress(self.logs / f'{name}.log')}", flush=True)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            for process in list(RUNNING):
+                process.terminate()
+            raise
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def last_progress(log: Path) -> str:
+    """The last line (or tqdm update) written to `log`."""
+    if not log.exists():
+        return ""
+    with log.open("rb") as file:
+        file.seek(max(0, log.stat().st_size - 2000))
+        pieces = [piece.strip() for piece in re.split(r"[\r\n]", file.read().decode(errors="replace"))]
+    return next((piece for piece in reversed(pieces) if piece), "")[-160:]
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -118,8 +201,9 @@ def mini_data_file(corpus_data: Path, out: Path, size: str, tasks: list[str], ta
 
 
 def distil(out: Path, name: str, objective: dict, teacher: Path, libri: Path, steps: int, seed: int,
-           device: str) -> Path:
-    """A student of STUDENT_PRESET distilled for `steps` steps; returns its last checkpoint."""
+           device: str, **output) -> Path:
+    """A student of STUDENT_PRESET distilled for `steps` steps; returns its last checkpoint.
+    `output`: run()'s log and threads."""
     expdir = out / "distill" / name
     final = last_step_checkpoint(expdir, steps)
     if final is not None:
@@ -141,7 +225,7 @@ def distil(out: Path, name: str, objective: dict, teacher: Path, libri: Path, st
     configs = out / "distill" / "configs"
     run("pretrain", "-a", "-u", "star_hubert", "--device", device, "-p", str(expdir), "--seed", str(seed),
         "-g", str(write_yaml(configs / f"{name}_model.yaml", model_config)),
-        "-c", str(write_yaml(configs / f"{name}_runner.yaml", runner_config)))
+        "-c", str(write_yaml(configs / f"{name}_runner.yaml", runner_config)), **output)
     final = last_step_checkpoint(expdir, steps)
     if final is None:
         raise SystemExit(f"demo: the distillation in {expdir} ended without a checkpoint of step {steps}")
@@ -173,9 +257,10 @@ def untrained_student(out: Path, seed: int) -> Path:
     return path
 
 
-def superb(out: Path, label: str, upstream: list[str], data: Path, tasks: list[str], device: str) -> Path:
+def superb(out: Path, label: str, upstream: list[str], data: Path, tasks: list[str], device: str, **output) -> Path:
     result = out / "superb" / label
-    run("superb", *upstream, "--data", str(data), "--tasks", ",".join(tasks), "-o", str(result), "--device", device)
+    run("superb", *upstream, "--data", str(data), "--tasks", ",".join(tasks), "-o", str(result), "--device", device,
+        **output)
     return result
 
 
@@ -192,6 +277,9 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                         help=f"comma list of the mini tasks, of {', '.join(TASKS)} (default: {','.join(DEFAULT_TASKS)})")
     parser.add_argument("--task-steps", type=int, help="train every task this many steps (default: downstream_recipes/mini.yaml's)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="stages run side by side, each logging to OUT/logs/<stage>.log (default 2; on a CPU "
+                             "they share the cores out)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
     args.tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
@@ -200,8 +288,8 @@ def parse_args(argv) -> argparse.Namespace:
         parser.error(f"--tasks: unknown {', '.join(unknown) or 'empty list'}; expected some of {', '.join(TASKS)}")
     if args.task_steps is not None and args.task_steps < 1:
         parser.error(f"--task-steps must be positive, got {args.task_steps}")
-    if args.teacher_steps < 1 or args.distill_steps < 2 or args.seeds < 1:
-        parser.error("--teacher-steps and --seeds must be positive and --distill-steps at least 2 "
+    if args.teacher_steps < 1 or args.distill_steps < 2 or args.seeds < 1 or args.jobs < 1:
+        parser.error("--teacher-steps, --seeds and --jobs must be positive and --distill-steps at least 2 "
                      "(s3prl's runner logs and saves before the last step)")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"{args.out} is a file; give a folder")
@@ -217,24 +305,41 @@ def main(argv=None) -> int:
     run("corpus", str(out / "corpus"), "--size", args.size)
     libri = out / "corpus" / "LibriSpeech"
     data = mini_data_file(out / "corpus" / "data.yaml", out, args.size, args.tasks, args.task_steps)
-    run("teacher-pretrain", str(libri), "-o", str(out / "teacher"), "--steps", str(args.teacher_steps))
     teacher = out / "teacher" / "teacher.pt"
+    stages = Stages(out / "logs", args.jobs, args.device)
 
-    rows: dict[str, list[Path]] = {
-        "fbank": [superb(out, "fbank", ["-u", "fbank"], data, args.tasks, args.device)],
-        "teacher": [superb(out, "teacher", ["-u", "hubert_local", "-k", str(teacher)], data, args.tasks, args.device)],
-    }
-    objectives = (STAR,) + (BASELINES if args.compare else ())
-    for objective in objectives:
-        for seed in range(args.seeds):
-            label = objective.label if seed == 0 else f"{objective.label}_seed{seed}"  # --seeds N+1 keeps N
+    def upstream_row(label: str, upstream: list[str], after=None):
+        def stage(log: Path) -> Path:
+            if after is not None:
+                after.result()
+            return superb(out, label, upstream, data, args.tasks, args.device, log=log, threads=stages.threads)
+        return stages.submit(f"superb-{label}", stage)
+
+    def student_row(label: str, objective: Objective, seed: int):
+        def stage(log: Path) -> Path:
             if objective.objective is None:
                 checkpoint = untrained_student(out, seed)
             else:
+                pretrained.result()
                 checkpoint = distil(out, label, objective.objective, teacher, libri, args.distill_steps, seed,
-                                    args.device)
-            rows.setdefault(objective.label, []).append(
-                superb(out, label, ["-u", "star_hubert", "-k", str(checkpoint)], data, args.tasks, args.device))
+                                    args.device, log=log, threads=stages.threads)
+            return superb(out, label, ["-u", "star_hubert", "-k", str(checkpoint)], data, args.tasks, args.device,
+                          log=log, threads=stages.threads)
+        return stages.submit(f"student-{label}", stage)
+
+    pretrained = stages.submit("teacher-pretrain", lambda log: run(
+        "teacher-pretrain", str(libri), "-o", str(out / "teacher"), "--steps", str(args.teacher_steps),
+        log=log, threads=stages.threads))
+    futures: dict[str, list] = {
+        "fbank": [upstream_row("fbank", ["-u", "fbank"])],
+        "teacher": [upstream_row("teacher", ["-u", "hubert_local", "-k", str(teacher)], after=pretrained)],
+    }
+    for objective in (STAR,) + (BASELINES if args.compare else ()):
+        for seed in range(args.seeds):
+            label = objective.label if seed == 0 else f"{objective.label}_seed{seed}"  # --seeds N+1 keeps N
+            futures.setdefault(objective.label, []).append(student_row(label, objective, seed))
+    stages.wait()
+    rows = {label: [future.result() for future in row] for label, row in futures.items()}
 
     runs = [path for paths in rows.values() for path in paths]
     table = run("score", *map(str, runs), "--md", "--plot", str(out / "score.png"), "--plot-metrics")

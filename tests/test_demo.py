@@ -7,8 +7,10 @@ checkpoint; KS: the test score logged at the dev-best step); run again, it finds
 stage finished and redoes none.
 """
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ def demo(*args):
     (["--tasks", "ks,qbe"], "--tasks: unknown qbe; expected some of pr, asr, ks, sid, ic, er"),
     (["--task-steps", "0"], "--task-steps must be positive"),
     (["--distill-steps", "1"], "--distill-steps at least 2"),
+    (["--jobs", "0"], "--jobs must be positive"),
 ])
 def test_demo_refuses_bad_options(tmp_path, options, expected):
     result = demo(str(tmp_path / "out"), *options)
@@ -58,7 +61,40 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert all(label in table for label in ("fbank", "teacher", "star")) and (out / "score.png").stat().st_size > 0
     assert "=== mini-SUPERB ===" in result.stdout and "held-out masked-prediction accuracy" in result.stdout
 
+    logs = {log.stem: log for log in (out / "logs").glob("*.log")}
+    assert sorted(logs) == ["student-star", "superb-fbank", "superb-teacher", "teacher-pretrain"]
+    assert "$ s3prl-star pretrain" in logs["student-star"].read_text()
+
     again = demo(str(out), *options)
     assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
-    assert "already trained" in again.stdout and "is already distilled" in again.stdout
-    assert "training" not in "".join(line for line in again.stdout.splitlines(True) if line.startswith("superb: "))
+    assert "is already distilled" in again.stdout
+
+    def second_run(log: str) -> str:  # each stage's log gains the output of the second run's commands
+        return logs[log].read_text().split("$ s3prl-star ")[-1]
+
+    assert "already trained" in second_run("teacher-pretrain")
+    for log in ("superb-fbank", "superb-teacher", "student-star"):
+        superb_lines = "".join(line for line in second_run(log).splitlines(True) if line.startswith("superb: "))
+        assert superb_lines and "training" not in superb_lines
+
+
+def test_a_failing_stage_stops_the_stages_beside_it(tmp_path):
+    from s3prl_star.demo import RUNNING, Stages
+
+    stages = Stages(tmp_path / "logs", jobs=2, device="cpu")
+
+    def slow(log):
+        process = subprocess.Popen(["sleep", "60"])
+        RUNNING.add(process)
+        return process.wait()
+
+    def failing(log):
+        time.sleep(0.5)
+        raise SystemExit("demo: the failing stage")
+
+    started = time.monotonic()
+    beside = stages.submit("slow", slow)
+    stages.submit("failing", failing)
+    with pytest.raises(SystemExit, match="the failing stage"):
+        stages.wait()
+    assert beside.result() == -signal.SIGTERM and time.monotonic() - started < 30
