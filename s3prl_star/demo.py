@@ -132,8 +132,8 @@ class Stages:
                 print(f"demo: [{name}] ended after {(time.monotonic() - self.started.pop(name)) / 60:.1f} min",
                       flush=True)
 
-        future = self.futures[name] = self.pool.submit(timed)
-        return future
+        self.futures[name] = self.pool.submit(timed)
+        return self.futures[name]
 
     def wait(self) -> None:
         """Until every stage ends; the first failure stops the others and is raised."""

@@ -3,8 +3,8 @@
 The slow test is the CI variant of `make demo`: the same stages (corpus, teacher pre-training, STaR
 distillation, the tasks for FBANK, the teacher and the student, the score table and plot) on the
 tiny corpus with every run cut to a few steps and two of the six tasks (PR: tested on the dev-best
-checkpoint; KS: the test score logged at the dev-best step); run again, it finds every
-stage finished and redoes none.
+checkpoint; KS: the test score logged at the dev-best step); run again with a second seed, it finds
+every stage finished, redoes none and adds the second seed's student.
 """
 import json
 import signal
@@ -65,15 +65,18 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert sorted(logs) == ["student-star", "superb-fbank", "superb-teacher", "teacher-pretrain"]
     assert "$ s3prl-star pretrain" in logs["student-star"].read_text()
 
-    again = demo(str(out), *options)
+    again = demo(str(out), *options, "--seeds", "2")  # a second seed: the first one's work is kept
     assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
     assert "is already distilled" in again.stdout
+    assert last_step_checkpoint(out / "distill" / "star_seed1", 4) is not None
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(len(v) == 2 for v in summary["star"].values()) and "±" in again.stdout
 
     def second_run(log: str) -> str:  # each stage's log gains the output of the second run's commands
         return logs[log].read_text().split("$ s3prl-star ")[-1]
 
     assert "already trained" in second_run("teacher-pretrain")
-    for log in ("superb-fbank", "superb-teacher", "student-star"):
+    for log in ("superb-fbank", "superb-teacher", "student-star"):  # seed 0's student included
         superb_lines = "".join(line for line in second_run(log).splitlines(True) if line.startswith("superb: "))
         assert superb_lines and "training" not in superb_lines
 
