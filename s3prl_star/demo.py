@@ -51,8 +51,6 @@ class Objective:
     objective: dict | None  # None: no distillation (the untrained student)
 
 
-
-
 def star(layerwise: float, intra: float, attention: float) -> dict:
     """A STaR objective of the demo. Its Gram matrices are of l2-normalised frames (cosine similarities):
     the mini teacher (128 wide) and student (72 wide) are both post-LayerNorm, so their raw Gram entries
