@@ -181,11 +181,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=2.5, help="crop length cap per utterance")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (HuBERT Base: 5e-4)")
     parser.add_argument("--clusters", type=int, default=100, help="k-means units (iteration 1: 100)")
-    parser.add_argument("--mask-prob", type=float, default=0.8, help="span-mask start probability (HuBERT Base: 0.8)")
+    parser.add_argument("--mask-prob", type=float, default=0.5, help="span-mask start probability (HuBERT Base: 0.8)")
     parser.add_argument("--mask-length", type=int, default=5, help="span-mask length in frames (HuBERT Base: 10)")
     parser.add_argument("--feature-grad-mult", type=float, default=1.0,
                         help="gradient scale into the conv feature extractor (HuBERT Base: 0.1)")
-    parser.add_argument("--unmasked-weight", type=float, default=0.5,
+    parser.add_argument("--unmasked-weight", type=float, default=1.0,
                         help="weight of the loss on unmasked frames (fairseq's pred_nomask_weight; HuBERT Base: 0)")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--embed-dim", type=int, default=128)
