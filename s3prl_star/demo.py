@@ -14,7 +14,7 @@ No weights or corpora are downloaded, so the demo makes its own small but real c
 With `--compare` it also distils the baselines and the ablation at equal steps and runs their
 tasks: an untrained student, DistilHuBERT's objective, STaR's layer-wise term only, its
 intra-layer term only, and both terms plus the attention-map term; `--seeds N` repeats every
-student row with N distillation seeds. Every stage is one of the user-facing commands, run as a
+student row with N distillation seeds, all rows of one seed before the next seed's. Every stage is one of the user-facing commands, run as a
 subprocess, and resumable: run the same command again after an interruption and finished stages
 are kept (each command resumes its own work).
 """
@@ -243,6 +243,14 @@ def last_step_checkpoint(expdir: Path, steps: int) -> Path | None:
     return None
 
 
+def student_runs(compare: bool, seeds: int) -> list[tuple[str, Objective, int]]:
+    """(label, objective, seed) of every student run, in the order they start: every row of one seed
+    before the next seed's, so an interrupted `--seeds N` leaves whole comparisons. Seed 0's label is
+    the row's own, so `--seeds N+1` keeps the runs of `--seeds N`."""
+    return [(objective.label if seed == 0 else f"{objective.label}_seed{seed}", objective, seed)
+            for seed in range(seeds) for objective in (STAR,) + (BASELINES if compare else ())]
+
+
 def untrained_student(out: Path, seed: int) -> Path:
     """A randomly initialised STUDENT_PRESET (the `seed`), saved as a student checkpoint."""
     import torch
@@ -334,10 +342,8 @@ def main(argv=None) -> int:
         "fbank": [upstream_row("fbank", ["-u", "fbank"])],
         "teacher": [upstream_row("teacher", ["-u", "hubert_local", "-k", str(teacher)], after=pretrained)],
     }
-    for objective in (STAR,) + (BASELINES if args.compare else ()):
-        for seed in range(args.seeds):
-            label = objective.label if seed == 0 else f"{objective.label}_seed{seed}"  # --seeds N+1 keeps N
-            futures.setdefault(objective.label, []).append(student_row(label, objective, seed))
+    for label, objective, seed in student_runs(args.compare, args.seeds):
+        futures.setdefault(objective.label, []).append(student_row(label, objective, seed))
     stages.wait()
     rows = {label: [future.result() for future in row] for label, row in futures.items()}
 

@@ -34,6 +34,15 @@ def test_demo_refuses_bad_options(tmp_path, options, expected):
     assert not (tmp_path / "out").exists()
 
 
+def test_seeds_run_every_row_of_a_seed_before_the_next_and_keep_seed_0s_labels():
+    from s3prl_star.demo import student_runs
+
+    runs = [(label, seed) for label, _, seed in student_runs(compare=True, seeds=2)]
+    rows = ["star", "untrained", "distilhubert", "star_layerwise", "star_intra", "star_attention"]
+    assert runs == [(row, 0) for row in rows] + [(f"{row}_seed1", 1) for row in rows]
+    assert [label for label, _, _ in student_runs(compare=False, seeds=2)] == ["star", "star_seed1"]
+
+
 def test_demo_refuses_a_file_as_its_folder(tmp_path):
     (tmp_path / "out").write_text("mine")
     result = demo(str(tmp_path / "out"))
