@@ -14,9 +14,9 @@ No weights or corpora are downloaded, so the demo makes its own small but real c
 With `--compare` it also distils the baselines and the ablation at equal steps and runs their
 tasks: an untrained student, DistilHuBERT's objective, STaR's layer-wise term only, its
 intra-layer term only, and both terms plus the attention-map term; `--seeds N` repeats every
-student row with N distillation seeds, all rows of one seed before the next seed's. Every stage is one of the user-facing commands, run as a
-subprocess, and resumable: run the same command again after an interruption and finished stages
-are kept (each command resumes its own work).
+student row with N distillation seeds, all rows of one seed before the next seed's. Every stage is
+one of the user-facing commands, run as a subprocess, and resumable: run the same command again
+after an interruption and finished stages are kept (each command resumes its own work).
 """
 from __future__ import annotations
 
