@@ -107,11 +107,10 @@ RUNNING: set[subprocess.Popen] = set()  # the stages' processes, stopped when an
 
 class Stages:
     """Stages run `jobs` at a time, each a function of its log file (OUT/logs/<name>.log) that runs
-    subcommands with `run(..., log=log, threads=self.threads)`. A stage may wait for the result of a
-    stage submitted before it (a worker is never blocked by one queued behind it). On a CPU the cores
-    are shared out: on 2 cores, teacher pre-training and FBANK's row took 11.2 min one after the other
-    (two threads each) and 9.3 min side by side (one thread each). Every 60 s the running stages'
-    latest progress line is printed."""
+    subcommands with `run(..., log=log, threads=self.threads)`. On a CPU the cores are shared out, a
+    thread per stage: single-threaded stages side by side get more done than one after the other with
+    every thread (an earlier revision's teacher pre-training and FBANK's row, on 2 cores: 9.3 min side
+    by side, 11.2 one after the other). Every 60 s the running stages' latest progress line is printed."""
 
     def __init__(self, logs: Path, jobs: int, device: str):
         from concurrent.futures import ThreadPoolExecutor
@@ -200,10 +199,10 @@ def mini_data_file(corpus_data: Path, out: Path, size: str, tasks: list[str], ta
     return write_yaml(out / "data.yaml", merged)
 
 
-def distil(out: Path, name: str, objective: dict, teacher: Path, libri: Path, steps: int, seed: int,
+def distil(out: Path, name: str, objective: dict, teacher: Path, libri: Path, steps: int, lr: float, seed: int,
            device: str, **output) -> Path:
-    """A student of STUDENT_PRESET distilled for `steps` steps; returns its last checkpoint.
-    `output`: run()'s log and threads."""
+    """A student of STUDENT_PRESET distilled for `steps` steps at peak learning rate `lr`; returns its
+    last checkpoint. `output`: run()'s log and threads."""
     expdir = out / "distill" / name
     final = last_step_checkpoint(expdir, steps)
     if final is not None:
@@ -219,6 +218,7 @@ def distil(out: Path, name: str, objective: dict, teacher: Path, libri: Path, st
     runner_config["runner"].update(n_epochs=-1, total_steps=steps, gradient_accumulate_steps=1,
                                    log_step=max(steps // 10, 1), save_step=max(steps // 4, 1), max_keep=2)
     runner_config["scheduler"]["num_warmup_steps"] = max(round(0.05 * steps), 1)  # the paper's 5 %
+    runner_config["optimizer"]["lr"] = lr
     runner_config["pretrain_expert"]["datarc"].update(
         libri_root=str(libri), file_path=str(libri.parent / "len_for_bucket"), sets=["train-clean-100"],
         train_batch_size=8, num_workers=2)
@@ -277,8 +277,11 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("out", type=Path, help="folder for everything the demo makes (resumable)")
     parser.add_argument("--size", choices=("tiny", "small"), default="small",
                         help="corpus size: small (the demo, default) or tiny (a smoke run of the pipeline)")
-    parser.add_argument("--teacher-steps", type=int, default=600, help="teacher pre-training steps (default 600)")
+    parser.add_argument("--teacher-steps", type=int, default=1200, help="teacher pre-training steps (default 1200)")
     parser.add_argument("--distill-steps", type=int, default=300, help="distillation steps of every student (default 300)")
+    parser.add_argument("--distill-lr", type=float, default=8e-3,
+                        help="peak distillation learning rate of every student (default 8e-3; the HuBERT Base "
+                             "recipe's 1e-3 is for 118,900 steps)")
     parser.add_argument("--compare", action="store_true",
                         help="also the untrained student, DistilHuBERT's objective and the STaR ablation")
     parser.add_argument("--seeds", type=int, default=1, help="distillation seeds of every student row (default 1)")
@@ -296,8 +299,8 @@ def parse_args(argv) -> argparse.Namespace:
         parser.error(f"--tasks: unknown {', '.join(unknown) or 'empty list'}; expected some of {', '.join(TASKS)}")
     if args.task_steps is not None and args.task_steps < 1:
         parser.error(f"--task-steps must be positive, got {args.task_steps}")
-    if args.teacher_steps < 1 or args.distill_steps < 2 or args.seeds < 1 or args.jobs < 1:
-        parser.error("--teacher-steps, --seeds and --jobs must be positive and --distill-steps at least 2 "
+    if min(args.teacher_steps, args.seeds, args.jobs) < 1 or args.distill_lr <= 0 or args.distill_steps < 2:
+        parser.error("--teacher-steps, --distill-lr, --seeds and --jobs must be positive and --distill-steps at least 2 "
                      "(s3prl's runner logs and saves before the last step)")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"{args.out} is a file; give a folder")
@@ -314,12 +317,15 @@ def main(argv=None) -> int:
     libri = out / "corpus" / "LibriSpeech"
     data = mini_data_file(out / "corpus" / "data.yaml", out, args.size, args.tasks, args.task_steps)
     teacher = out / "teacher" / "teacher.pt"
+    alone = Stages(out / "logs", 1, args.device)  # every later stage but FBANK's row needs the teacher
+    alone.submit("teacher-pretrain", lambda log: run(
+        "teacher-pretrain", str(libri), "-o", str(out / "teacher"), "--steps", str(args.teacher_steps),
+        log=log, threads=alone.threads))
+    alone.wait()
     stages = Stages(out / "logs", args.jobs, args.device)
 
-    def upstream_row(label: str, upstream: list[str], after=None):
+    def upstream_row(label: str, upstream: list[str]):
         def stage(log: Path) -> Path:
-            if after is not None:
-                after.result()
             return superb(out, label, upstream, data, args.tasks, args.device, log=log, threads=stages.threads)
         return stages.submit(f"superb-{label}", stage)
 
@@ -328,22 +334,19 @@ def main(argv=None) -> int:
             if objective.objective is None:
                 checkpoint = untrained_student(out, seed)
             else:
-                pretrained.result()
-                checkpoint = distil(out, label, objective.objective, teacher, libri, args.distill_steps, seed,
-                                    args.device, log=log, threads=stages.threads)
+                checkpoint = distil(out, label, objective.objective, teacher, libri, args.distill_steps,
+                                    args.distill_lr, seed, args.device, log=log, threads=stages.threads)
             return superb(out, label, ["-u", "star_hubert", "-k", str(checkpoint)], data, args.tasks, args.device,
                           log=log, threads=stages.threads)
         return stages.submit(f"student-{label}", stage)
 
-    pretrained = stages.submit("teacher-pretrain", lambda log: run(
-        "teacher-pretrain", str(libri), "-o", str(out / "teacher"), "--steps", str(args.teacher_steps),
-        log=log, threads=stages.threads))
-    futures: dict[str, list] = {
-        "fbank": [upstream_row("fbank", ["-u", "fbank"])],
-        "teacher": [upstream_row("teacher", ["-u", "hubert_local", "-k", str(teacher)], after=pretrained)],
-    }
-    for label, objective, seed in student_runs(args.compare, args.seeds):
+    # Started in this order: on 2 cores the teacher's row, the longest, runs beside STaR's distillation
+    # and row and then FBANK's short row, so that both end about together.
+    futures: dict[str, list] = {"fbank": [], "teacher": [upstream_row("teacher", ["-u", "hubert_local", "-k", str(teacher)])]}
+    for position, (label, objective, seed) in enumerate(student_runs(args.compare, args.seeds)):
         futures.setdefault(objective.label, []).append(student_row(label, objective, seed))
+        if position == 0:
+            futures["fbank"].append(upstream_row("fbank", ["-u", "fbank"]))
     stages.wait()
     rows = {label: [future.result() for future in row] for label, row in futures.items()}
 

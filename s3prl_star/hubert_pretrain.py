@@ -25,7 +25,9 @@ from typing import Sequence
 import numpy as np
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 import torchaudio
+from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
 from torch import Tensor
 from tqdm import tqdm
 
@@ -38,6 +40,7 @@ LABEL_RATE = 100.0  # MFCC frames per second: iteration 1's label rate
 HOP = SAMPLE_RATE // int(LABEL_RATE)
 FEATURE_PENALTY = 10.0  # HuBERT's weight of the conv-feature L2 penalty
 KMEANS_FRAMES = 100_000  # MFCC frames sampled for k-means, as HuBERT fits on a subset
+COSINE_EPS = 1e-8  # torch.cosine_similarity's
 
 
 # --- labels -----------------------------------------------------------------------------------
@@ -111,10 +114,25 @@ class TeacherShape:
     heads: int
 
 
+class MatmulLogitsHubert(HubertModel):
+    """s3prl's HubertModel with `compute_nce` giving the same logits (to rounding) by a matrix product.
+    Its negatives are every label embedding expanded along the frames, which the original concatenates
+    into a (units + 1, frames, dim) tensor for `torch.cosine_similarity`: half of a training step on a
+    CPU (measured: 1.25 -> 0.6-0.7 s for 8 crops of 2.5 s, one thread). Same parameters, same checkpoint."""
+
+    def compute_nce(self, x: Tensor, pos: Tensor, negs: Tensor) -> Tensor:
+        if negs.dim() != 3 or negs.stride(1) != 0:  # not one embedding table expanded along the frames
+            return super().compute_nce(x, pos, negs)
+        table = negs[:, 0]
+        frames = F.normalize(x.float(), dim=-1, eps=COSINE_EPS)
+        positive = (frames * F.normalize(pos.float(), dim=-1, eps=COSINE_EPS)).sum(-1, keepdim=True)
+        negative = frames @ F.normalize(table.float(), dim=-1, eps=COSINE_EPS).T
+        negative = negative.masked_fill((pos.unsqueeze(1) == table.unsqueeze(0)).all(-1), float("-inf"))
+        return (torch.cat([positive, negative], dim=1) / self.logit_temp).type_as(x)
+
+
 def build_model(shape: TeacherShape, clusters: int, mask_prob: float, mask_length: int, feature_grad_mult: float):
     """s3prl's HubertModel with HuBERT Base's pre-training settings and a dictionary of `clusters` units."""
-    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
-
     task_cfg = HubertPretrainingConfig(label_rate=LABEL_RATE)
     model_cfg = HubertConfig(
         label_rate=LABEL_RATE, encoder_layers=shape.layers, encoder_embed_dim=shape.embed_dim,
@@ -125,7 +143,7 @@ def build_model(shape: TeacherShape, clusters: int, mask_prob: float, mask_lengt
         dropout_input=0.1, dropout_features=0.1,
     )
     symbols = [FAIRSEQ_SPECIAL_SYMBOLS + [str(i) for i in range(clusters)]]
-    return HubertModel(model_cfg, task_cfg, symbols), task_cfg, model_cfg, symbols
+    return MatmulLogitsHubert(model_cfg, task_cfg, symbols), task_cfg, model_cfg, symbols
 
 
 def masked_prediction(model, sources: Tensor, targets: Tensor, unmasked_weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
@@ -176,7 +194,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("-o", "--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument("--train-split", default="train-clean-100")
     parser.add_argument("--held-out-split", default="dev-clean")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=2.5, help="crop length cap per utterance")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (HuBERT Base: 5e-4)")

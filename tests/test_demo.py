@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 CLI = str(Path(sys.executable).parent / "s3prl-star")
 
@@ -27,6 +28,7 @@ def demo(*args):
     (["--task-steps", "0"], "--task-steps must be positive"),
     (["--distill-steps", "1"], "--distill-steps at least 2"),
     (["--jobs", "0"], "--jobs must be positive"),
+    (["--distill-lr", "0"], "--distill-lr, --seeds and --jobs must be positive"),
 ])
 def test_demo_refuses_bad_options(tmp_path, options, expected):
     result = demo(str(tmp_path / "out"), *options)
@@ -62,6 +64,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     from s3prl_star.demo import last_step_checkpoint
 
     assert last_step_checkpoint(out / "distill" / "star", 4) is not None
+    runner = yaml.safe_load((out / "distill" / "configs" / "star_runner.yaml").read_text())
+    assert runner["optimizer"]["lr"] == 8e-3 and runner["runner"]["total_steps"] == 4
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["fbank", "teacher", "star"]
     for row in summary.values():

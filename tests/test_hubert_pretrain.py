@@ -20,7 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from s3prl_star.hubert_pretrain import HOP, crop_batch, kmeans, learning_rate, mfcc_features, units
+import numpy as np
+from s3prl.upstream.hubert.hubert_model import HubertModel
+
+from s3prl_star.hubert_pretrain import (HOP, TeacherShape, build_model, crop_batch, kmeans, learning_rate,
+                                        mfcc_features, units)
 
 CLI = str(Path(sys.executable).parent / "s3prl-star")
 TINY = ["--layers", "2", "--embed-dim", "32", "--ffn-dim", "64", "--heads", "2", "--clusters", "8",
@@ -53,6 +57,25 @@ def test_crops_keep_waveform_and_labels_aligned():
     assert sources.shape == (2, 6400) and targets.shape == (2, (6400 - 400) // HOP + 1)
     for source, target in zip(sources, targets):
         assert int(source[0]) == int(target[0]) * HOP  # label i starts at sample 160 i
+
+
+def test_training_logits_are_s3prls():
+    """The teacher trains with s3prl's HuBERT forward; only the logits' arithmetic is its own."""
+    model, task_cfg, model_cfg, symbols = build_model(TeacherShape(2, 32, 64, 2), clusters=8, mask_prob=0.5,
+                                                      mask_length=5, feature_grad_mult=1.0)
+    reference = HubertModel(model_cfg, task_cfg, symbols)
+    reference.load_state_dict(model.state_dict())
+    sources = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 8, (2, (8000 - 400) // HOP + 1), generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for network in (model, reference):
+        torch.manual_seed(0)
+        np.random.seed(0)  # the span masks
+        output = network(sources, target_list=[targets + 4], padding_mask=torch.zeros(sources.shape, dtype=torch.bool))
+        outputs.append(output["logit_m_list"] + output["logit_u_list"])
+    for ours, theirs in zip(*outputs):
+        assert ours.shape == theirs.shape and torch.equal(torch.isinf(ours), torch.isinf(theirs))
+        assert torch.allclose(ours[torch.isfinite(ours)], theirs[torch.isfinite(theirs)], atol=1e-5)
 
 
 def test_schedule_warms_up_over_8_percent_then_decays_to_zero():
