@@ -300,8 +300,8 @@ def parse_args(argv) -> argparse.Namespace:
     if args.task_steps is not None and args.task_steps < 1:
         parser.error(f"--task-steps must be positive, got {args.task_steps}")
     if min(args.teacher_steps, args.seeds, args.jobs) < 1 or args.distill_lr <= 0 or args.distill_steps < 2:
-        parser.error("--teacher-steps, --distill-lr, --seeds and --jobs must be positive and --distill-steps at least 2 "
-                     "(s3prl's runner logs and saves before the last step)")
+        parser.error("--teacher-steps, --distill-lr, --seeds and --jobs must be positive and --distill-steps "
+                     "at least 2 (s3prl's runner logs and saves before the last step)")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"{args.out} is a file; give a folder")
     return args
@@ -342,7 +342,8 @@ def main(argv=None) -> int:
 
     # Started in this order: on 2 cores the teacher's row, the longest, runs beside STaR's distillation
     # and row and then FBANK's short row, so that both end about together.
-    futures: dict[str, list] = {"fbank": [], "teacher": [upstream_row("teacher", ["-u", "hubert_local", "-k", str(teacher)])]}
+    teacher_row = upstream_row("teacher", ["-u", "hubert_local", "-k", str(teacher)])
+    futures: dict[str, list] = {"fbank": [], "teacher": [teacher_row]}
     for position, (label, objective, seed) in enumerate(student_runs(args.compare, args.seeds)):
         futures.setdefault(objective.label, []).append(student_row(label, objective, seed))
         if position == 0:

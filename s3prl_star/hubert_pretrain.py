@@ -4,7 +4,8 @@ No real HuBERT weights reach this machine, so the mini-SUPERB distils from a tea
 on the project's own corpus: MFCC features (13 coefficients + deltas + delta-deltas, 25 ms windows
 every 10 ms, Kaldi-compatible as HuBERT's `dump_mfcc_feature.py`), k-means units of them
 (`kmeans`), and masked prediction of the units by s3prl's own `HubertModel` (its pre-training
-forward: span masks, cosine logits against label embeddings), labels at 100 Hz as in iteration 1.
+forward: span masks, cosine logits against label embeddings, the logits by a matrix product,
+`MatmulLogitsHubert`), labels at 100 Hz as in iteration 1.
 The model is saved in the format s3prl's `hubert_local` loads (`random_teacher.hubert_checkpoint`),
 so distillation reads it through the same path as the released HuBERT Base.
 

@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
 from s3prl.upstream.hubert.hubert_model import HubertModel
 
 from s3prl_star.hubert_pretrain import (HOP, TeacherShape, build_model, crop_batch, kmeans, learning_rate,
                                         mfcc_features, units)
+from s3prl_star.random_teacher import FAIRSEQ_SPECIAL_SYMBOLS
 
 CLI = str(Path(sys.executable).parent / "s3prl-star")
 TINY = ["--layers", "2", "--embed-dim", "32", "--ffn-dim", "64", "--heads", "2", "--clusters", "8",
@@ -71,7 +71,8 @@ def test_training_logits_are_s3prls():
     for network in (model, reference):
         torch.manual_seed(0)
         np.random.seed(0)  # the span masks
-        output = network(sources, target_list=[targets + 4], padding_mask=torch.zeros(sources.shape, dtype=torch.bool))
+        output = network(sources, target_list=[targets + len(FAIRSEQ_SPECIAL_SYMBOLS)],
+                         padding_mask=torch.zeros(sources.shape, dtype=torch.bool))
         outputs.append(output["logit_m_list"] + output["logit_u_list"])
     for ours, theirs in zip(*outputs):
         assert ours.shape == theirs.shape and torch.equal(torch.isinf(ours), torch.isinf(theirs))
