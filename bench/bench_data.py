@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchlib import load_expert_module, machine_line, utterance_seconds, write_corpus
-from s3prl_star.data import SAMPLE_RATE, LengthBucketBatchSampler, WaveformDataset, load_length_csvs
+from s3prl_star.distill.data import SAMPLE_RATE, LengthBucketBatchSampler, WaveformDataset, load_length_csvs
 
 
 class NpyDataset(Dataset):

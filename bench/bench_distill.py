@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from benchlib import cpu_name, load_expert_module, write_corpus
-from s3prl_star.random_teacher import save_random_teacher
+from s3prl_star.mini_superb.random_teacher import save_random_teacher
 
 BATCH, SECONDS = 4, 10.0
 

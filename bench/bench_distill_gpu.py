@@ -45,10 +45,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchlib import load_expert_module, machine_line, utterance_seconds, write_corpus
-from s3prl_star.data import SAMPLE_RATE, WaveformDataset, collate_waveforms, load_length_csvs
-from s3prl_star.losses import StarLoss, StarLossConfig
-from s3prl_star.model import PRESETS, conv_output_lengths
-from s3prl_star.random_teacher import save_random_teacher
+from s3prl_star.distill.data import SAMPLE_RATE, WaveformDataset, collate_waveforms, load_length_csvs
+from s3prl_star.distill.losses import StarLoss, StarLossConfig
+from s3prl_star.model.config import PRESETS
+from s3prl_star.model.components import conv_output_lengths
+from s3prl_star.mini_superb.random_teacher import save_random_teacher
 
 VARIANTS = ("ours-bf16", "ours-fp32", "ours-bf16-teacher-bf16", "ours-bf16-cudnn-fast", "naive-bf16", "naive-fp32",
             "ours-bf16-compiled-student", "ours-bf16-compiled")
@@ -121,9 +122,9 @@ class NaiveStep:
     the loss through (B, N, N) Gram matrices; bf16 autocast optional."""
 
     def __init__(self, scratch: Path, teacher_path: Path, precision: str, device: torch.device):
-        import s3prl_star.compat
+        import s3prl_star.integration.patches
 
-        s3prl_star.compat.apply()
+        s3prl_star.integration.patches.apply()
         import s3prl.hub
 
         shape = PRESETS["star_hubert"]

@@ -1,7 +1,7 @@
 """Student inference on the CPU: s3prl's fp32 HubertModel against this project's paths, side by side.
 
 All models hold the same weights: s3prl's `HubertModel` built with the STaRHuBERT shape (random
-initialisation, seed 0), loaded into `StarHubert`, and the `s3prl_star.inference` graphs made from it.
+initialisation, seed 0), loaded into `StarHubert`, and the `s3prl_star.model.inference` graphs made from it.
 Batch `--batch` x `--seconds` s (default 8 x 15 s: deployment-sized). Time: best of `--repeats` calls
 after one warm-up, the paths called in turn in each round, `--threads` threads for every runtime. Accuracy against the s3prl fp32 hidden states,
 per layer (the layer-1 input, then the 12 layer outputs): the cosine similarity of the whole layer
@@ -19,15 +19,16 @@ import time
 import torch
 
 from benchlib import machine_line
-from s3prl_star.inference import fast_student
-from s3prl_star.model import PRESETS, SAMPLE_RATE, StarHubert, StarHubertConfig
+from s3prl_star.model.inference import fast_student
+from s3prl_star.model.config import PRESETS, SAMPLE_RATE, StarHubertConfig
+from s3prl_star.model.star_hubert import StarHubert
 
 
 def s3prl_hubert(config: StarHubertConfig):
     """s3prl's HubertModel with the student's shape, eval mode."""
-    import s3prl_star.compat
+    import s3prl_star.integration.patches
 
-    s3prl_star.compat.apply()
+    s3prl_star.integration.patches.apply()
     from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
 
     layers = " + ".join(f"[{tuple(layer)}]" for layer in config.conv_layers)

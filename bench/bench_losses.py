@@ -23,7 +23,7 @@ import warnings
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from s3prl_star.losses import StarLoss, StarLossConfig
+from s3prl_star.distill.losses import StarLoss, StarLossConfig
 
 TEACHER_DIM, STUDENT_DIM, LAYERS = 768, 432, 12
 

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from s3prl_star.data import SAMPLE_RATE, Utterance, write_length_csv
+from s3prl_star.distill.data import SAMPLE_RATE, Utterance, write_length_csv
 
 REPO = Path(__file__).resolve().parent.parent
 

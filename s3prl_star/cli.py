@@ -8,17 +8,17 @@ import sys
 
 # name -> (module, function taking argv and returning an exit code, one-line help)
 SUBCOMMANDS = {
-    "profile": ("s3prl_star.profile", "main", "parameters and SUPERB-protocol MACs of a model preset"),
-    "prepare-librispeech": ("s3prl_star.data", "main", "write s3prl's LibriSpeech length CSVs"),
-    "corpus": ("s3prl_star.corpus", "main", "write the espeak-ng mini-SUPERB corpus (LibriSpeech, KS, SID, IC, ER layouts) and its DATA.yaml"),
-    "pretrain": ("s3prl_star.pretrain", "main", "distil a student through s3prl's pretrain runner (run_pretrain.py flags)"),
-    "downstream": ("s3prl_star.downstream", "main", "run s3prl's downstream runner with star_hubert registered (run_downstream.py flags)"),
-    "link-s3prl": ("s3prl_star.link", "main", "install (or --undo) the plugin into an s3prl git checkout"),
-    "export": ("s3prl_star.export", "main", "export a checkpoint to TorchScript or ONNX"),
+    "profile": ("s3prl_star.model.profile", "main", "parameters and SUPERB-protocol MACs of a model preset"),
+    "prepare-librispeech": ("s3prl_star.distill.data", "main", "write s3prl's LibriSpeech length CSVs"),
+    "corpus": ("s3prl_star.mini_superb.corpus", "main", "write the espeak-ng mini-SUPERB corpus (LibriSpeech, KS, SID, IC, ER layouts) and its DATA.yaml"),
+    "pretrain": ("s3prl_star.integration.pretrain", "main", "distil a student through s3prl's pretrain runner (run_pretrain.py flags)"),
+    "downstream": ("s3prl_star.integration.downstream", "main", "run s3prl's downstream runner with star_hubert registered (run_downstream.py flags)"),
+    "link-s3prl": ("s3prl_star.integration.link", "main", "install (or --undo) the plugin into an s3prl git checkout"),
+    "export": ("s3prl_star.model.export", "main", "export a checkpoint to TorchScript or ONNX"),
     "superb": ("s3prl_star.superb.driver", "main", "run the SUPERB tasks (train, choose on dev, test) and collect results.json"),
     "score": ("s3prl_star.superb.score", "main", "per-task table, Overall and SUPERB score from task outputs"),
-    "teacher-pretrain": ("s3prl_star.hubert_pretrain", "main", "train a small HuBERT (iteration 1: masked prediction of MFCC k-means units)"),
-    "demo": ("s3prl_star.demo", "main", "the end-to-end job on the embedded mini data set"),
+    "teacher-pretrain": ("s3prl_star.mini_superb.teacher_pretrain", "main", "train a small HuBERT (iteration 1: masked prediction of MFCC k-means units)"),
+    "demo": ("s3prl_star.mini_superb.demo", "main", "the end-to-end job on the embedded mini data set"),
 }
 
 

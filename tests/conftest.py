@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def mini_librispeech(tmp_path_factory):
     """A LibriSpeech-layout corpus root with `train-clean-100` and `dev-clean` (espeak-ng speech)."""
-    from s3prl_star.synthetic import make_librispeech
+    from s3prl_star.mini_superb.synthetic import make_librispeech
 
     root = tmp_path_factory.mktemp("LibriSpeech")
     make_librispeech(root, {"train-clean-100": 24, "dev-clean": 8}, seed=0)
@@ -20,7 +20,7 @@ def mini_librispeech(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hubert_teacher(tmp_path_factory):
     """Path of a 2-layer random HuBERT saved in the format `hubert_local` loads."""
-    from s3prl_star.random_teacher import save_random_teacher
+    from s3prl_star.mini_superb.random_teacher import save_random_teacher
 
     path = tmp_path_factory.mktemp("teachers") / "tiny_hubert.pt"
     save_random_teacher("hubert", path, layers=2, embed_dim=64, ffn_dim=128, heads=4, seed=0)
@@ -34,8 +34,8 @@ def tiny_student(tmp_path_factory):
     import torch
 
     from helpers import TINY_STUDENT
-    from s3prl_star.checkpoint import save_student
-    from s3prl_star.model import build_preset
+    from s3prl_star.model.checkpoint import save_student
+    from s3prl_star.model.star_hubert import build_preset
 
     with torch.random.fork_rng():  # the seed does not leak into the tests that run after
         torch.manual_seed(0)

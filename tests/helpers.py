@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tensorboardX.proto import event_pb2
 
-from s3prl_star.model import StarHubertConfig
+from s3prl_star.model.config import StarHubertConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "downstream_recipes"

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from helpers import FAST_RUNNER, RECIPES, STEPS, scalars
-from s3prl_star.checkpoint import read_checkpoint
+from s3prl_star.model.checkpoint import read_checkpoint
 from test_link import git_status, in_checkout, isolated_python, link_s3prl, make_checkout, user_environment
 from test_pretrain import TINY_STUDENT, length_csvs
 from test_superb_ctc import make_libriphone_corpus, pr_overrides, printed_metric
@@ -143,7 +143,7 @@ def downstream_then_evaluate(linked, task: str, recipe: Path, student: Path, exp
 
 @pytest.mark.slow
 def test_asr_trains_and_evaluates_in_the_checkout(linked, tiny_student_checkpoint, tmp_path):
-    from s3prl_star.synthetic import make_librispeech
+    from s3prl_star.mini_superb.synthetic import make_librispeech
 
     splits = {"train-clean-100": 8, "dev-clean": 4, "test-clean": 4}
     root = make_librispeech(tmp_path / "LibriSpeech", splits, seed=3)
@@ -175,7 +175,8 @@ def test_pr_trains_and_evaluates_in_the_checkout(linked, tiny_student_checkpoint
 def test_s3prl_star_pretrain_runs_on_a_linked_checkout(tmp_path):
     """With the checkout linked, `s3prl-star pretrain` mirrors the checkout's s3prl folder, whose
     pretrain/ already holds the star_hubert link: the mirror still gets exactly one, to the expert."""
-    from s3prl_star.pretrain import expert_dir, shadow_workdir
+    from s3prl_star.integration.pretrain import shadow_workdir
+    from s3prl_star.resources import pretrain_plugin as expert_dir
 
     package = make_checkout(tmp_path) / "s3prl"
     (package / "pretrain" / "star_hubert").symlink_to(expert_dir(), target_is_directory=True)  # as link-s3prl

@@ -23,9 +23,11 @@ import torch
 import yaml
 
 from helpers import TINY_CONFIG
-from s3prl_star.checkpoint import load_student, read_checkpoint, released_student_config, save_student
-from s3prl_star.hub import star_hubert
-from s3prl_star.model import PRESETS, StarHubert, StarHubertConfig, build_preset
+from s3prl_star.model.checkpoint import load_student, read_checkpoint, save_student
+from s3prl_star.model.released import released_student_config
+from s3prl_star.integration.hub import star_hubert
+from s3prl_star.model.config import PRESETS, StarHubertConfig
+from s3prl_star.model.star_hubert import StarHubert, build_preset
 
 
 def conv_feature_layers(layers) -> str:
@@ -204,7 +206,7 @@ def test_released_checkpoint_pickles_s3prl_schedules_that_load_inert(tmp_path, t
     with pytest.raises(Exception, match="s3prl.optimizers.WarmupLinearSchedule"):
         torch.load(ckpt, weights_only=True)
     schedule = read_checkpoint(ckpt)["optimizer_states"][0]["param_groups"][0]["schedule"]
-    assert type(schedule).__module__ == "s3prl_star.checkpoint"
+    assert type(schedule).__module__ == "s3prl_star.model.released"
     assert vars(schedule)["warmup"] == 0.05 and vars(schedule)["t_total"] == 1200
 
 

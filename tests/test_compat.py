@@ -1,4 +1,4 @@
-"""s3prl_star.compat on the installed stack: real files, the `sox` program as the reference for
+"""s3prl_star.integration.patches on the installed stack: real files, the `sox` program as the reference for
 the sox_effects shims, s3prl's own `fbank` upstream, and fresh processes where import order matters."""
 import json
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 import soundfile
 import torch
 
-from s3prl_star import compat
+from s3prl_star.integration import patches
 
-compat.apply()
+patches.apply()
 
 import torchaudio  # noqa: E402  (after apply(): torchaudio.load/info/sox_effects are the shims where needed)
 
@@ -67,8 +67,8 @@ def test_apply_is_idempotent_and_makes_s3prl_hub_importable():
     result = run_python(
         """
         import json
-        from s3prl_star import compat
-        first, second = compat.apply(), compat.apply()
+        from s3prl_star.integration import patches
+        first, second = patches.apply(), patches.apply()
         import s3prl.hub
         print(json.dumps({"first": first, "second": second, "has_fbank": callable(getattr(s3prl.hub, "fbank", None))}))
         """
@@ -183,8 +183,8 @@ def test_weights_only_load_of_namespace(tmp_path):
             torch.load({str(path)!r}, weights_only=True)
         except pickle.UnpicklingError:
             print("refused before apply")
-        from s3prl_star import compat
-        compat.apply()
+        from s3prl_star.integration import patches
+        patches.apply()
         states = torch.load({str(path)!r}, weights_only=True)
         print(states["Args"].upstream, states["Args"].seed, states["Step"])
         """
@@ -198,14 +198,14 @@ def test_hf_hub_names_added_only_when_missing():
         """
         import sys, types
         import huggingface_hub
-        from s3prl_star import compat
+        from s3prl_star.integration import patches
 
         real = huggingface_hub.HfFolder
-        compat.apply()
+        patches.apply()
         assert huggingface_hub.HfFolder is real, "an installed HfFolder must be left alone"
 
         sys.modules["huggingface_hub"] = types.ModuleType("huggingface_hub")  # as huggingface_hub>=1 lacks them
-        compat.apply()
+        patches.apply()
         from huggingface_hub import HfFolder, Repository
         try:
             HfFolder.get_token()

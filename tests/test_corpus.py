@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from helpers import CLI, RECIPES
-from s3prl_star import corpus
-from s3prl_star.synthetic import MissingToolError
+from s3prl_star.mini_superb import corpus
+from s3prl_star.mini_superb.synthetic import MissingToolError
 
 
 def recipe_expert_config(recipe: str, paths: dict, **datarc) -> dict:
@@ -34,9 +34,9 @@ def recipe_expert_config(recipe: str, paths: dict, **datarc) -> dict:
 
 @pytest.fixture(scope="module")
 def s3prl_shims():
-    from s3prl_star import compat
+    from s3prl_star.integration import patches
 
-    compat.apply()
+    patches.apply()
 
 
 # --- fast: plans and errors ------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_asr_and_phoneme_readers(tiny, s3prl_shims):
     from s3prl.downstream.asr.dictionary import Dictionary
     from s3prl.downstream.ctc.text import load_text_encoder
 
-    from s3prl_star.superb.libriphone import LibriPhoneDataset
+    from s3prl_star.integration.ctc_corpus.libriphone import LibriPhoneDataset
 
     data = entries(tiny)
     asr = data["asr"].paths

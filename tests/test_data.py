@@ -11,8 +11,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from s3prl_star.data import (LengthBucketBatchSampler, WaveformDataset, collate_waveforms,
-                             load_length_csvs, main)
+from s3prl_star.distill.data import LengthBucketBatchSampler, WaveformDataset, collate_waveforms, load_length_csvs, main
 
 SPLITS = ("train-clean-100", "dev-clean")
 

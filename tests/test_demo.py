@@ -37,7 +37,7 @@ def test_demo_refuses_bad_options(tmp_path, options, expected):
 
 
 def test_seeds_run_every_row_of_a_seed_before_the_next_and_keep_seed_0s_labels():
-    from s3prl_star.demo import student_runs
+    from s3prl_star.mini_superb.demo import student_runs
 
     runs = [(label, seed) for label, _, seed in student_runs(compare=True, seeds=2)]
     rows = ["star", "untrained", "distilhubert", "star_layerwise", "star_intra", "star_attention"]
@@ -61,7 +61,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     teacher = json.loads((out / "teacher" / "result.json").read_text())
     assert teacher["steps"] == 10 and (out / "teacher" / "teacher.pt").is_file()
-    from s3prl_star.demo import last_step_checkpoint
+    from s3prl_star.mini_superb.demo import last_step_checkpoint
 
     assert last_step_checkpoint(out / "distill" / "star", 4) is not None
     runner = yaml.safe_load((out / "distill" / "configs" / "star_runner.yaml").read_text())
@@ -95,7 +95,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
 
 
 def test_a_failing_stage_stops_the_stages_beside_it(tmp_path):
-    from s3prl_star.demo import RUNNING, Stages
+    from s3prl_star.mini_superb.demo import RUNNING, Stages
 
     stages = Stages(tmp_path / "logs", jobs=2, device="cpu")
 

@@ -9,7 +9,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-from s3prl_star.model import StarHubertConfig, parse_conv_layers
+from s3prl_star.model.config import StarHubertConfig
+from s3prl_star.model.released import parse_conv_layers
 from test_pretrain import _load_expert_module, csv_dir  # noqa: F401 (fixture)
 
 BATCH_SIZE = 4  # 24 utterances: 6 batches per epoch

@@ -1,7 +1,7 @@
 """SID (`-d voxceleb1`) through `s3prl-star downstream`, and the file-list cache it must not reuse.
 
 s3prl's voxceleb1 dataset caches its file lists in site-packages and reloads them in every later
-run; `s3prl_star.downstream` gives each run its own cache folder. Two experiments on two different
+run; `s3prl_star.integration.downstream` gives each run its own cache folder. Two experiments on two different
 espeak-ng corpora in VoxCeleb1 layout (`<root>/dev/wav/id1000N/<video>/<utt>.wav` + `iden_split.txt`)
 train in turn, then the first one's checkpoint is evaluated in a fresh process (`-m evaluate -e`):
 each run must list its own corpus' files, and nothing may appear under site-packages.
@@ -28,8 +28,8 @@ class SidCorpus:
 
 def make_voxceleb1(root: Path, speakers: int, per_speaker: dict, seed: int) -> SidCorpus:
     """espeak-ng speakers (ids id10001...) in VoxCeleb1 layout under root/VoxCeleb1, and its split list
-    (`s3prl_star.corpus.voxceleb1`; video ids drawn from `seed`)."""
-    from s3prl_star import corpus
+    (`s3prl_star.mini_superb.corpus.voxceleb1`; video ids drawn from `seed`)."""
+    from s3prl_star.mini_superb import corpus
 
     plan = corpus.voxceleb1(root, speakers, per_speaker, seed)
     corpus.build([plan])
@@ -114,18 +114,18 @@ def test_the_task_is_read_from_the_checkpoint_a_run_resumes(tmp_path):
 
     import torch
 
-    from s3prl_star import compat
-    from s3prl_star.downstream import _task_and_expdir
+    from s3prl_star.integration import patches
+    from s3prl_star.integration.downstream import _flags, _task_and_expdir
 
-    compat.apply()
+    patches.apply()
     expdir = tmp_path / "exp"
     expdir.mkdir()
     for step, task in ((20, "fluent_commands"), (100, "voxceleb1")):
         args = argparse.Namespace(downstream=task, expdir=str(expdir))
         torch.save({"Args": args}, expdir / f"states-{step}.ckpt")
 
-    assert _task_and_expdir(["-m", "evaluate", "-e", str(expdir / "states-20.ckpt")]) == ("fluent_commands", str(expdir))
-    assert _task_and_expdir(["-m", "evaluate", "-e", str(expdir)]) == ("voxceleb1", str(expdir))
-    assert _task_and_expdir(["-m", "train", "-a", "-p", str(expdir), "-d", "asr"]) == ("voxceleb1", str(expdir))
-    assert _task_and_expdir(["-m", "train", "-a", "-p", str(tmp_path / "new"), "-d", "asr"]) == ("asr", str(tmp_path / "new"))
-    assert _task_and_expdir(["-m", "train", "-d", "voxceleb1", "-n", "sid"]) == ("voxceleb1", "result/downstream/sid")
+    assert _task_and_expdir(_flags(["-m", "evaluate", "-e", str(expdir / "states-20.ckpt")])) == ("fluent_commands", str(expdir))
+    assert _task_and_expdir(_flags(["-m", "evaluate", "-e", str(expdir)])) == ("voxceleb1", str(expdir))
+    assert _task_and_expdir(_flags(["-m", "train", "-a", "-p", str(expdir), "-d", "asr"])) == ("voxceleb1", str(expdir))
+    assert _task_and_expdir(_flags(["-m", "train", "-a", "-p", str(tmp_path / "new"), "-d", "asr"])) == ("asr", str(tmp_path / "new"))
+    assert _task_and_expdir(_flags(["-m", "train", "-d", "voxceleb1", "-n", "sid"])) == ("voxceleb1", "result/downstream/sid")

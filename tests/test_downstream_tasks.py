@@ -19,9 +19,9 @@ import pytest
 from helpers import CLI, RECIPES, printed_accuracy, train_then_evaluate
 
 def make_fluent_commands(root: Path) -> Path:
-    """Fluent Speech Commands layout (`s3prl_star.corpus.fluent_commands`: data/{train,valid,test}_data.csv +
+    """Fluent Speech Commands layout (`s3prl_star.mini_superb.corpus.fluent_commands`: data/{train,valid,test}_data.csv +
     wavs/speakers/<spk>/*.wav) of 4 intents said by 3 train, 1 valid and 1 test speaker; returns its root."""
-    from s3prl_star import corpus
+    from s3prl_star.mini_superb import corpus
 
     plan = corpus.fluent_commands(root, intents=4, speakers={"train": 3, "valid": 1, "test": 1}, seed=0)
     corpus.build([plan])
@@ -53,7 +53,7 @@ def read_rows(path: Path) -> dict[str, tuple]:
 
 
 def test_asr_trains_then_evaluates_on_test_clean(tmp_path, tiny_student_checkpoint, superb_metric):
-    from s3prl_star.synthetic import make_librispeech
+    from s3prl_star.mini_superb.synthetic import make_librispeech
 
     root = make_librispeech(tmp_path / "LibriSpeech", {"train-clean-100": 8, "dev-clean": 4, "test-clean": 4}, seed=3)
     splits = ["train-clean-100", "dev-clean", "test-clean"]

@@ -19,7 +19,7 @@ def padded_batch(lengths):
 
 
 def eager(checkpoint, waveforms, lengths):
-    from s3prl_star.checkpoint import load_student
+    from s3prl_star.model.checkpoint import load_student
 
     model = load_student(checkpoint)
     with torch.no_grad():

@@ -14,7 +14,7 @@ import pytest
 
 from fault_helpers import corrupt_middle, kill_while_writing, tmpfs, truncate_to_half
 from helpers import REPO, STEPS, train_args
-from s3prl_star.runner_checkpoints import checkpoint_problem
+from s3prl_star.integration.resume import checkpoint_problem
 from test_pretrain import CLI, csv_dir, load_checkpoint, run_pretrain, subprocess_env, write_configs  # noqa: F401
 
 TEMPORARY = ".states-*.ckpt.*.tmp"

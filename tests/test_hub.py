@@ -14,7 +14,7 @@ def hub():
 
 def test_register_is_idempotent_and_lists_the_names(hub):
     import s3prl_star
-    import s3prl_star.hub as star_hub
+    import s3prl_star.integration.hub as star_hub
 
     before = {name: getattr(hub, name) for name in star_hub.ENTRY_NAMES}
     s3prl_star.register()

@@ -22,9 +22,8 @@ import pytest
 import torch
 from s3prl.upstream.hubert.hubert_model import HubertModel
 
-from s3prl_star.hubert_pretrain import (HOP, TeacherShape, build_model, crop_batch, kmeans, learning_rate,
-                                        mfcc_features, units)
-from s3prl_star.random_teacher import FAIRSEQ_SPECIAL_SYMBOLS
+from s3prl_star.mini_superb.teacher_pretrain import (HOP, TeacherShape, build_model, crop_batch, kmeans, learning_rate, mfcc_features, units)
+from s3prl_star.mini_superb.random_teacher import FAIRSEQ_SPECIAL_SYMBOLS
 
 CLI = str(Path(sys.executable).parent / "s3prl-star")
 TINY = ["--layers", "2", "--embed-dim", "32", "--ffn-dim", "64", "--heads", "2", "--clusters", "8",
@@ -115,10 +114,10 @@ def test_trains_saves_for_hubert_local_and_resumes_after_a_kill(tmp_path, mini_l
     assert f"masked-prediction accuracy on {result['held_out_utterances']} held-out utterances" in whole
 
     # s3prl's own loader reads the file; the teacher gives its 2 layers + input
-    from s3prl_star import compat
-    from s3prl_star.teacher import Teacher
+    from s3prl_star.integration import patches
+    from s3prl_star.distill.teacher import Teacher
 
-    compat.apply()
+    patches.apply()
     teacher = Teacher.from_s3prl("hubert_local", ckpt=str(tmp_path / "whole" / "teacher.pt"))
     output = teacher(torch.randn(1, 16000), torch.tensor([16000]))
     assert len(output.hidden_states) == 3 and output.hidden_states[-1].shape[-1] == 32

@@ -1,4 +1,4 @@
-"""Fast inference (`s3prl_star.inference`): onnxruntime fp32 and int8 give the eager student's hidden states,
+"""Fast inference (`s3prl_star.model.inference`): onnxruntime fp32 and int8 give the eager student's hidden states,
 through the Python API, `s3prl-star export --precision int8` and the `star_hubert_int8` upstream."""
 import subprocess
 
@@ -37,7 +37,7 @@ def layer_cosines(states, reference, padding_mask):
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_python_api_matches_the_eager_student(tiny_student, precision):
-    from s3prl_star.inference import load_fast_student
+    from s3prl_star.model.inference import load_fast_student
 
     path, model = tiny_student
     waveforms, lengths = batch()
@@ -54,8 +54,8 @@ def test_python_api_matches_the_eager_student(tiny_student, precision):
 
 
 def test_making_a_fast_student_leaves_the_model_in_eval_mode():
-    from s3prl_star.inference import fast_student
-    from s3prl_star.model import build_preset
+    from s3prl_star.model.inference import fast_student
+    from s3prl_star.model.star_hubert import build_preset
 
     model = build_preset("star_hubert", **TINY_STUDENT).eval()
     fast_student(model, "fp32")
@@ -63,7 +63,7 @@ def test_making_a_fast_student_leaves_the_model_in_eval_mode():
 
 
 def test_unknown_precision_is_refused(tiny_student_checkpoint):
-    from s3prl_star.inference import load_fast_student
+    from s3prl_star.model.inference import load_fast_student
 
     with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'int8'\), found 'fp16'"):
         load_fast_student(tiny_student_checkpoint, precision="fp16")

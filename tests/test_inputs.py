@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import TINY_CONFIG
-from s3prl_star.checkpoint import load_student, save_student
-from s3prl_star.model import StarHubert
+from s3prl_star.model.checkpoint import load_student, save_student
+from s3prl_star.model.star_hubert import StarHubert
 
 LENGTHS = torch.tensor([8000, 5000, 3200])
 

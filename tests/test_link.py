@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from s3prl_star.link import HUB_BLOCK, PATH_FILE_NAME, PRETRAIN_BLOCK
+from s3prl_star.integration.link import HUB_BLOCK, PATH_FILE_NAME, PRETRAIN_BLOCK
 
 REPO = Path(__file__).resolve().parents[1]
 # the lines of s3prl's .gitignore (GitHub, master) that running its scripts from the checkout touches

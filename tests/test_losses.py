@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from s3prl_star.distilhubert_loss import DistilHubertLoss, DistilHubertLossConfig, default_pred_layers
-from s3prl_star.losses import LossSums, StarLoss, StarLossConfig, temporal_gram
+from s3prl_star.distill.distilhubert import DistilHubertLoss, DistilHubertLossConfig, default_pred_layers
+from s3prl_star.distill.losses import LossSums, StarLoss, StarLossConfig, temporal_gram
 
 D_T, D_S, LAYERS = 12, 7, 3
 LENGTHS = (9, 4, 1, 6)
@@ -338,7 +338,7 @@ def test_paths_match_reference_at_hubert_widths(path):
         assert rel_err(got, want) <= REL_TOL
 
 
-# --- DistilHuBERT's objective (s3prl_star.distilhubert_loss) ---------------------------------------
+# --- DistilHuBERT's objective (s3prl_star.distill.distilhubert) ---------------------------------------
 
 PRED_LAYERS = (1, 3)
 

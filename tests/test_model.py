@@ -5,14 +5,9 @@ import pytest
 import torch
 
 from helpers import TINY_CONFIG
-from s3prl_star.model import (
-    PRESETS,
-    StarHubert,
-    StarHubertConfig,
-    build_preset,
-    parse_conv_layers,
-    star_conv_layers,
-)
+from s3prl_star.model.config import PRESETS, StarHubertConfig, star_conv_layers
+from s3prl_star.model.star_hubert import StarHubert, build_preset
+from s3prl_star.model.released import parse_conv_layers
 
 
 def n_params(model):

@@ -18,9 +18,10 @@ import pytest
 import torch
 import yaml
 
-import s3prl_star.compat
-from s3prl_star.model import PRESETS, StarHubert, StarHubertConfig
-from s3prl_star.pretrain import resolve_paths, shadow_workdir
+import s3prl_star.integration.patches
+from s3prl_star.model.config import PRESETS, StarHubertConfig
+from s3prl_star.model.star_hubert import StarHubert
+from s3prl_star.integration.pretrain import resolve_paths, shadow_workdir
 
 from helpers import scalars
 
@@ -93,7 +94,7 @@ def subprocess_env() -> dict[str, str]:
 
 def load_checkpoint(path: Path) -> dict:
     """A states-*.ckpt loaded with weights_only (plain data; compat allows s3prl's argparse Namespace)."""
-    s3prl_star.compat.apply()
+    s3prl_star.integration.patches.apply()
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -151,7 +152,7 @@ def test_pretrain_with_the_distilhubert_objective_trains_saves_and_resumes_its_h
     (teacher layers 1 and 2 of 2 by default) train with the student and are saved under `Objective`,
     the star_hubert upstream loads the student alone, and a run resumed from step 2 ends where the
     uninterrupted one did, heads and optimiser included (deterministic CPU, one thread)."""
-    from s3prl_star.hub import UpstreamExpert
+    from s3prl_star.integration.hub import UpstreamExpert
 
     model_yaml, runner_yaml = write_configs(
         tmp_path / "configs", teacher=tiny_hubert_teacher, corpus=mini_librispeech, csv_dir=csv_dir,
@@ -297,35 +298,38 @@ def test_shipped_runner_configs_schedule_in_s3prls_own_runner(name, utterances, 
 
 
 def test_shipped_model_config_is_the_star_hubert_preset():
-    expert = _load_expert_module()
-    config, _ = expert.load_model_config(str(EXPERT_DIR / "config_model.yaml"))
-    assert expert.student_config(config["student"], "student") == PRESETS["star_hubert"]
+    from s3prl_star.distill import config as distill_config
+
+    config, _ = distill_config.load_model_config(str(EXPERT_DIR / "config_model.yaml"))
+    assert distill_config.student_config(config["student"], "student") == PRESETS["star_hubert"]
     assert config["teacher"]["name"] == "hubert_base" and config["precision"] == "bf16"
 
-    overridden = expert.student_config({"preset": "star_hubert", "dropout": 0.0}, "student")
+    overridden = distill_config.student_config({"preset": "star_hubert", "dropout": 0.0}, "student")
     assert overridden.dropout == 0.0 and overridden.encoder_embed_dim == 432
     with pytest.raises(ValueError, match="preset 'star_hubert_xxl'"):
-        expert.student_config({"preset": "star_hubert_xxl"}, "student")
+        distill_config.student_config({"preset": "star_hubert_xxl"}, "student")
     with pytest.raises(ValueError, match="unknown StarHubertConfig field"):
-        expert.student_config({"preset": "star_hubert", "dropuot": 0.0}, "student")
+        distill_config.student_config({"preset": "star_hubert", "dropuot": 0.0}, "student")
     with pytest.raises(ValueError, match=r"m\.yaml: unknown keys \['objectve'\], missing keys \['objective'\]"):
         bad = {**config, "objectve": config["objective"]}
         del bad["objective"]
-        expert.check_keys(bad, expert.MODEL_KEYS, expert.MODEL_KEYS, "m.yaml")
+        distill_config.check_keys(bad, distill_config.MODEL_KEYS, distill_config.MODEL_KEYS, "m.yaml")
 
 
 def test_objective_kind_selects_the_loss_and_refuses_what_it_does_not_use(tmp_path):
     """`objective.kind` (star when absent) picks the loss config; a key of the other kind, a misspelt
     kind or a STaR layer_map with distilhubert stop the run, named."""
-    from s3prl_star.distilhubert_loss import DistilHubertLossConfig
-    from s3prl_star.losses import StarLossConfig
+    from s3prl_star.distill.config import load_model_config
+    from s3prl_star.distill.distilhubert import DistilHubertLossConfig
+    from s3prl_star.distill.losses import StarLossConfig
+    from s3prl_star.distill.objectives import objective_config
 
     expert = _load_expert_module()
-    config, _ = expert.load_model_config(str(EXPERT_DIR / "config_model.yaml"))
+    config, _ = load_model_config(str(EXPERT_DIR / "config_model.yaml"))
     assert config["objective"]["kind"] == "star"
-    assert expert.objective_config(config["objective"], "o") == ("star", StarLossConfig())
-    assert expert.objective_config({"intra_weight": 0.0}, "o") == ("star", StarLossConfig(intra_weight=0.0))
-    assert expert.objective_config({"kind": "distilhubert", "pred_layers": [4, 8, 12]}, "o") == (
+    assert objective_config(config["objective"], "o") == ("star", StarLossConfig())
+    assert objective_config({"intra_weight": 0.0}, "o") == ("star", StarLossConfig(intra_weight=0.0))
+    assert objective_config({"kind": "distilhubert", "pred_layers": [4, 8, 12]}, "o") == (
         "distilhubert", DistilHubertLossConfig(pred_layers=(4, 8, 12)))
     for section, message in (
         ({"kind": "distilhubrt"}, r"m\.yaml: objective: kind 'distilhubrt'; expected one of \('star', 'distilhubert'\)"),
@@ -333,7 +337,7 @@ def test_objective_kind_selects_the_loss_and_refuses_what_it_does_not_use(tmp_pa
         ({"pred_layers": [4]}, r"objective \(kind star\): .*unknown keys \['pred_layers'\]"),
     ):
         with pytest.raises(ValueError, match=message):
-            expert.objective_config(section, "m.yaml: objective")
+            objective_config(section, "m.yaml: objective")
 
     upstream_config = {
         "student": TINY_STUDENT, "precision": "fp32", "objective": {"kind": "distilhubert"},

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from s3prl_star.profile import SUPERB_PROTOCOL_LENGTHS
+from s3prl_star.model.profile import SUPERB_PROTOCOL_LENGTHS
 
 
 def profile(name: str) -> dict:

@@ -1,7 +1,7 @@
 """PR and SF (s3prl `-d ctc`) on the PyPI s3prl: this project's corpus readers and recipes.
 
 s3prl 0.4.18's `ctc/data.py` imports `corpus.libriphone` (PR) and `corpus.snips` (SF), which the PyPI
-package lacks; `s3prl_star.compat` registers `s3prl_star.superb.libriphone` / `.snips` under those
+package lacks; `s3prl_star.integration.patches` registers `s3prl_star.integration.ctc_corpus.libriphone` / `.snips` under those
 names (and leaves a real `ctc/corpus/` alone). The recipes are in 0.4.18's schema.
 
 - Fast: the readers' labels, order and buckets with s3prl's own text encoders; a clear error naming
@@ -26,8 +26,8 @@ import pytest
 import soundfile as sf
 
 from helpers import FAST_RUNNER, RECIPES, STEPS, downstream_output, run_downstream
-from s3prl_star import corpus
-from s3prl_star.synthetic import SAMPLE_RATE, require_tools, synthesise
+from s3prl_star.mini_superb import corpus
+from s3prl_star.mini_superb.synthetic import SAMPLE_RATE, require_tools, synthesise
 
 # --- PR: LibriSpeech layout and a lexicon of espeak-ng's phonemes -------------------------------
 
@@ -43,7 +43,7 @@ def transcripts(root: Path) -> dict[str, str]:
 def make_libriphone_corpus(root: Path) -> dict:
     """LibriSpeech (train-clean-100, dev-clean, test-clean) of espeak-ng speech, a lexicon
     `WORD<TAB>PHONEMES` of espeak-ng's phonemes for the grammar's words, and the vocabulary of those
-    phonemes (`s3prl_star.corpus.librispeech` and `.phoneme_lexicon`). Returns the PR recipe's data keys
+    phonemes (`s3prl_star.mini_superb.corpus.librispeech` and `.phoneme_lexicon`). Returns the PR recipe's data keys
     (`path`, `lexicon`, `vocab_file`) and `labels`, the phoneme string of every utterance."""
     asr = corpus.librispeech(root, PR_SPLITS, seed=0)
     pr = corpus.phoneme_lexicon(root, asr)
@@ -214,7 +214,7 @@ def libriphone_files(tmp_path) -> dict:
 def libriphone(files: dict, bucket_size: int = 1, **changes):
     from s3prl.downstream.ctc.text import load_text_encoder
 
-    from s3prl_star.superb.libriphone import LibriPhoneDataset
+    from s3prl_star.integration.ctc_corpus.libriphone import LibriPhoneDataset
 
     tokenizer = load_text_encoder("word", str(files["vocab_file"]))
     corpus = {"path": str(files["path"]), "lexicon": [str(path) for path in files["lexicon"]],
@@ -285,7 +285,7 @@ def snips_files(tmp_path) -> dict:
 def snips(files: dict, **changes):
     from s3prl.downstream.ctc.text import load_text_encoder
 
-    from s3prl_star.superb.snips import SnipsDataset
+    from s3prl_star.integration.ctc_corpus.snips import SnipsDataset
 
     tokenizer = load_text_encoder("character-slot", str(files["vocab_file"]), str(files["slots_file"]))
     corpus = {"path": str(files["path"]), "train": ["train"], "dev": ["valid"], "test": ["test"],
@@ -340,16 +340,16 @@ def run_python(code: str) -> dict:
 def test_compat_registers_the_readers_the_pypi_s3prl_lacks():
     report = run_python(
         "import json\n"
-        "from s3prl_star import compat\n"
-        "first = compat.apply()\n"
+        "from s3prl_star.integration import patches\n"
+        "first = patches.apply()\n"
         "from s3prl.downstream.ctc.data import create_dataset\n"
         "from s3prl.downstream.ctc.corpus.libriphone import LibriPhoneDataset\n"
         "from s3prl.downstream.ctc.corpus.snips import SnipsDataset\n"
-        "print(json.dumps({'first': first, 'second': compat.apply(),\n"
+        "print(json.dumps({'first': first, 'second': patches.apply(),\n"
         "                  'readers': [LibriPhoneDataset.__module__, SnipsDataset.__module__]}))\n"
     )
     assert "add_ctc_corpus_readers" in report["first"] and report["second"] == []
-    assert report["readers"] == ["s3prl_star.superb.libriphone", "s3prl_star.superb.snips"]
+    assert report["readers"] == ["s3prl_star.integration.ctc_corpus.libriphone", "s3prl_star.integration.ctc_corpus.snips"]
 
 
 def test_compat_leaves_the_corpus_readers_of_an_s3prl_checkout_alone(tmp_path):
@@ -359,8 +359,8 @@ def test_compat_leaves_the_corpus_readers_of_an_s3prl_checkout_alone(tmp_path):
         "import json\n"
         "import s3prl.downstream.ctc\n"
         f"s3prl.downstream.ctc.__path__.append({str(tmp_path)!r})  # as if ctc/corpus/ were in the package\n"
-        "from s3prl_star import compat\n"
-        "shims = compat.apply()\n"
+        "from s3prl_star.integration import patches\n"
+        "shims = patches.apply()\n"
         "from s3prl.downstream.ctc.corpus.libriphone import LibriPhoneDataset\n"
         "print(json.dumps({'shims': shims, 'origin': LibriPhoneDataset.origin}))\n"
     )

@@ -106,7 +106,7 @@ def test_lr_search_grid_is_around_the_recipe_learning_rate():
 # --- slow: tiny corpora --------------------------------------------------------------------------
 
 def make_asr_data(root: Path) -> dict:
-    from s3prl_star.synthetic import make_librispeech
+    from s3prl_star.mini_superb.synthetic import make_librispeech
 
     corpus = make_librispeech(root / "LibriSpeech", {"train-clean-100": 8, "dev-clean": 4, "test-clean": 4}, seed=3)
     prepared = subprocess.run([CLI, "prepare-librispeech", str(corpus), "-o", str(root / "len_for_bucket"),

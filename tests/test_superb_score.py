@@ -142,9 +142,9 @@ def write_logged_evaluations(expdir: Path, evaluations: list[tuple[str, int, flo
     """Run s3prl's speech_commands `log_records` for each (split, step, accuracy), as the runner does."""
     import torch
 
-    from s3prl_star import compat
+    from s3prl_star.integration import patches
 
-    compat.apply()
+    patches.apply()
     from s3prl.downstream.speech_commands.expert import DownstreamExpert
 
     expert = types.SimpleNamespace(expdir=str(expdir), best_score=torch.zeros(1))
@@ -200,9 +200,9 @@ def test_ctc_test_lines_are_read(tmp_path, task, metric, expected):
     """s3prl's ctc expert prints `test KEY: v` for each metric; PR's PER (a fraction) becomes percent."""
     import torch
 
-    from s3prl_star import compat
+    from s3prl_star.integration import patches
 
-    compat.apply()
+    patches.apply()
     from s3prl.downstream.ctc import metric as ctc_metric
     from s3prl.downstream.ctc.expert import DownstreamExpert
 
@@ -231,9 +231,9 @@ def test_asr_test_clean_wer_line_is_read(tmp_path):
     """s3prl's asr expert prints `test-clean wer: v` in percent."""
     import torch
 
-    from s3prl_star import compat
+    from s3prl_star.integration import patches
 
-    compat.apply()
+    patches.apply()
     from s3prl.downstream.asr.expert import DownstreamExpert
 
     from s3prl_star.superb.results import EVALUATE_LOG, _evaluated

@@ -1,7 +1,7 @@
 """The SUPERB scorers written here, on cases computed by hand: QbE MTWV (QUESST 2014), SD DER (dscore's
 defaults: collar 0, overlaps scored) and the ASV EER line.
 
-The QUESST ground-truth files follow the layout `s3prl_star.superb.qbe` documents; the score files and
+The QUESST ground-truth files follow the layout `s3prl_star.superb.scorers.qbe` documents; the score files and
 predictions follow what s3prl's quesst14_dtw and diarization experts write (their end-to-end runs are in
 test_superb_tasks.py). The agreement with the official QUESST kit runs where the kit is installed.
 """
@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
-from s3prl_star.superb import asv, diarization, qbe
-from s3prl_star.superb.diarization import Turn
+from s3prl_star.superb.scorers import asv, diarization, qbe
+from s3prl_star.superb.scorers.diarization import Turn
 
 # --- QbE: QUESST 2014 ground truth and s3prl's score file -------------------------------------------
 

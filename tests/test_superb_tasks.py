@@ -2,7 +2,7 @@
 
 - Every recipe parses, enables the learning-rate scheduler (QbE trains nothing and has none) and
   keeps s3prl's default learning rate, except SID at 10x (STAR_SPEC.md section 4).
-- After `s3prl_star.compat.apply()`, each task's s3prl expert module (`s3prl.downstream.<d>.expert`)
+- After `s3prl_star.integration.patches.apply()`, each task's s3prl expert module (`s3prl.downstream.<d>.expert`)
   imports in a fresh interpreter, i.e. its undeclared dependencies (the `superb` extra) are there.
 - PR and SF (`-d ctc`) train and evaluate in tests/test_superb_ctc.py (this project's corpus readers,
   which the PyPI s3prl lacks, on LibriSpeech- and Audio-SNIPS-layout data).
@@ -24,11 +24,11 @@ import soundfile as sf
 import yaml
 
 from helpers import RECIPES, printed_accuracy, run_downstream, train_args, train_then_evaluate
-from s3prl_star import corpus
-from s3prl_star.superb.asv import eer_of_output, eer_of_run
-from s3prl_star.superb.diarization import der_of_run, read_rttm
-from s3prl_star.superb.qbe import best_layer_on_dev, mtwv_of_run, read_scores
-from s3prl_star.synthetic import SAMPLE_RATE, require_tools, make_sentence, synthesise
+from s3prl_star.mini_superb import corpus
+from s3prl_star.superb.scorers.asv import eer_of_output, eer_of_run
+from s3prl_star.superb.scorers.diarization import der_of_run, read_rttm
+from s3prl_star.superb.scorers.qbe import best_layer_on_dev, mtwv_of_run, read_scores
+from s3prl_star.mini_superb.synthetic import SAMPLE_RATE, require_tools, make_sentence, synthesise
 from test_superb_scoring import frames_of, write_quesst_ground_truth, write_run
 
 # task -> (recipe folder, s3prl -d name, s3prl's default SUPERB learning rate)
@@ -74,8 +74,8 @@ def expert_imports():
     modules = sorted({f"s3prl.downstream.{d}.expert" for _, d, _ in TASKS.values()})
     code = (
         "import importlib, json, sys\n"
-        "import s3prl_star.compat\n"
-        "s3prl_star.compat.apply()\n"
+        "import s3prl_star.integration.patches\n"
+        "s3prl_star.integration.patches.apply()\n"
         "results = {}\n"
         f"for name in {modules!r}:\n"
         "    try:\n"
@@ -110,7 +110,7 @@ def speak(path: Path, text: str, voice: str):
 
 
 def make_speech_commands(root: Path) -> tuple:
-    """Speech Commands v0.01 layout (`s3prl_star.corpus.speech_commands`): train root (class folders of
+    """Speech Commands v0.01 layout (`s3prl_star.mini_superb.corpus.speech_commands`): train root (class folders of
     2 training and 1 validation speaker, _background_noise_) and test root (another speaker, _silence_)."""
     plan = corpus.speech_commands(root, ("yes", "no", "up", "down"), ("bed",), {"train": 2, "valid": 1, "test": 1},
                                   seed=0, noise_seconds=2)
@@ -132,7 +132,7 @@ def test_keyword_spotting_trains_then_evaluates(tmp_path, tiny_student_checkpoin
 
 
 def make_iemocap(root: Path) -> tuple:
-    """IEMOCAP wavs (`s3prl_star.corpus.iemocap`: 5 sessions x 2 speakers x 4 emotions) and the 5 folds'
+    """IEMOCAP wavs (`s3prl_star.mini_superb.corpus.iemocap`: 5 sessions x 2 speakers x 4 emotions) and the 5 folds'
     metadata: (corpus root, metadata folder)."""
     plan = corpus.iemocap(root, per_emotion=1, seed=0)
     corpus.build([plan])

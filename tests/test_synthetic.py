@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from s3prl_star.synthetic import MissingToolError, make_librispeech, plan_corpus
+from s3prl_star.mini_superb.synthetic import MissingToolError, make_librispeech, plan_corpus
 
 UTTERANCE = re.compile(r"(\d+)-(\d+)-(\d{4})")
 

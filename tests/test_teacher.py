@@ -6,9 +6,9 @@ padding mask and attention projections), never from the code under test.
 import pytest
 import torch
 
-from s3prl_star.model import parse_conv_layers
-from s3prl_star.random_teacher import default_conv_layers, save_random_teacher
-from s3prl_star.teacher import Teacher, resolve_layer_map
+from s3prl_star.model.released import parse_conv_layers
+from s3prl_star.mini_superb.random_teacher import default_conv_layers, save_random_teacher
+from s3prl_star.distill.teacher import Teacher, resolve_layer_map
 
 TINY = dict(layers=2, embed_dim=64, ffn_dim=128, heads=4)
 KINDS = ("hubert", "wav2vec2", "wavlm")

@@ -1,1 +1,1 @@
-"""The SUPERB side: task table, corpus readers s3prl lacks, scorers, the suite driver and the score."""
+"""The SUPERB side: the task table, the scorers s3prl leaves out, the suite driver, results and the score."""

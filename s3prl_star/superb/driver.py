@@ -8,13 +8,13 @@ downstream_recipes/ and the data paths of DATA.yaml as `-o` overrides (template:
 downstream_recipes/data.yaml), then its metric is read back from s3prl's outputs
 (`s3prl_star.superb.results`, which also documents the layout under OUT):
 - PR, ASR, SF, SD: train, then `-m evaluate` the checkpoint the expert saved as best on dev (SD: DER
-  of its predictions, `s3prl_star.superb.diarization`);
+  of its predictions, `s3prl_star.superb.scorers.diarization`);
 - KS, SID, IC: train; the test score logged at the last dev improvement (with `--submission`, the
   dev-best checkpoint is also evaluated, for its prediction file);
 - ER: the same for each of the five folds (`datarc.test_fold=fold1..fold5`), averaged;
 - ASV: train, then evaluate every saved `states-*.ckpt` on the test trials, the lowest EER (no dev set);
 - QbE: no training: `-m evaluate -t dev -l L` for every hidden-state layer L, MTWV on dev
-  (`s3prl_star.superb.qbe`), then the best dev layer on test.
+  (`s3prl_star.superb.scorers.qbe`), then the best dev layer on test.
 Resumable: a task with `OUT/<task>/result.json` is not run again; an interrupted training continues
 with `-a` from its last checkpoint; OUT is locked while a driver (or a run it started) works in it.
 A task whose data DATA.yaml lacks, or whose paths do not exist, is reported as skipped with the path
@@ -44,9 +44,8 @@ from pathlib import Path
 import yaml
 
 from s3prl_star.superb import results
-from s3prl_star.superb.tasks import ER_FOLDS, RECIPES, TASKS, Selection, Task
+from s3prl_star.superb.tasks import ER_FOLDS, TASKS, Selection, Task
 
-REPO = RECIPES.parent  # the recipes' relative paths (vocabularies, char.dict) are read from here
 SETTINGS_FILE = "superb.json"  # the upstream OUT was made with
 RESULT_FILE = "result.json"  # a finished task's metrics (the driver's marker)
 LR_GRID = (0.1, 1.0, 10.0)  # --lr-search: these multiples of the recipe's learning rate
@@ -182,7 +181,7 @@ class Context:
 
 
 def run_downstream(ctx: Context, label: str, argv: list[str], stdout: Path, gpu: str | None, append: bool = False):
-    """`s3prl-star downstream ARGV --device D` from the repository root: stdout to `stdout`, stderr to
+    """`s3prl-star downstream ARGV --device D` in OUT: stdout to `stdout`, stderr to
     the same name with `.err`; progress lines parsed from the runner's bars. Raises TaskFailed."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if gpu is not None:
@@ -195,7 +194,7 @@ def run_downstream(ctx: Context, label: str, argv: list[str], stdout: Path, gpu:
         if append:
             out_file.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
             out_file.flush()
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out_file, stderr=subprocess.PIPE,
+        process = subprocess.Popen(command, cwd=ctx.out, env=env, stdout=out_file, stderr=subprocess.PIPE,
                                    pass_fds=(ctx.lock_fd,))
         _follow_progress(ctx, label, process.stderr, err_file)
         returncode = process.wait()
@@ -262,7 +261,7 @@ def evaluate_dev_best(ctx: Context, task: Task, label: str, expdir: Path, gpu: s
                    expdir / results.EVALUATE_LOG, gpu)
     (expdir / results.NOTES_FILE).write_text("".join(f"{note}\n" for note in notes))
     if task.name == "SD":
-        from s3prl_star.superb.diarization import der_of_run
+        from s3prl_star.superb.scorers.diarization import der_of_run
 
         der = der_of_run(expdir, ctx.data[task.key].paths["loaderrc.test_dir"])
         write_json(expdir / results.METRIC_FILE, {"SD_der": der})
@@ -270,7 +269,7 @@ def evaluate_dev_best(ctx: Context, task: Task, label: str, expdir: Path, gpu: s
 
 
 def evaluate_every_checkpoint(ctx: Context, label: str, expdir: Path, gpu: str | None) -> None:
-    """ASV: `-m evaluate -e` each `states-*.ckpt` into `EXPDIR/states-STEP/` (`s3prl_star.superb.asv`'s layout)."""
+    """ASV: `-m evaluate -e` each `states-*.ckpt` into `EXPDIR/states-STEP/` (`s3prl_star.superb.scorers.asv`'s layout)."""
     for checkpoint in sorted(expdir.glob("states-*.ckpt"), key=lambda path: int(path.stem.split("-")[-1])):
         output_dir = expdir / checkpoint.stem
         if (output_dir / results.EVALUATE_DONE).is_file():
@@ -329,9 +328,10 @@ def count_hidden_states(upstream: list[str]) -> int:
     """How many hidden states the upstream gives (QbE runs DTW on each), from one second of noise."""
     import torch
 
-    from s3prl_star import compat, register
+    from s3prl_star.integration import patches
+    from s3prl_star.integration.hub import register
 
-    compat.apply()
+    patches.apply()
     register()
     import s3prl.hub
 
@@ -347,7 +347,7 @@ def count_hidden_states(upstream: list[str]) -> int:
 
 def run_qbe(ctx: Context, task: Task, gpu: str | None) -> None:
     """Every layer on dev (MTWV), then the best dev layer on test; scores kept in OUT/qbe/metric.json."""
-    from s3prl_star.superb.qbe import mtwv_of_run
+    from s3prl_star.superb.scorers.qbe import mtwv_of_run
 
     root = ctx.data[task.key].paths["datarc.dataset_root"]
     overrides = ",,".join([*data_overrides(ctx.data[task.key]),

@@ -7,9 +7,9 @@ The layout is the one `s3prl-star superb` writes under OUT (`task_dir`, `trial_d
   fractions), the lines the `ctc` and `asr` experts print;
 - `EXPDIR/log.log` of the utterance-level experts (KS, SID, IC, ER): `test at step N: v` at the step of
   the last `New best on dev at step N: v` line (fractions);
-- ASV: `EXPDIR/states-STEP/log.txt`, one `-m evaluate` per checkpoint (`s3prl_star.superb.asv`'s
+- ASV: `EXPDIR/states-STEP/log.txt`, one `-m evaluate` per checkpoint (`s3prl_star.superb.scorers.asv`'s
   layout), the lowest `sv-voxceleb1/test-EER: v`;
-- QbE and SD need the corpus to be scored (`s3prl_star.superb.qbe`, `.diarization`): the driver scores
+- QbE and SD need the corpus to be scored (`s3prl_star.superb.scorers.qbe`, `.diarization`): the driver scores
   them and stores the scorer's value in `metric.json` beside s3prl's files.
 With `--lr-search`, a task has one trial folder per learning rate; the one with the best dev score wins.
 Values are returned in the section-4 units: percent, raw MTWV for QbE.
@@ -153,7 +153,7 @@ def _evaluated(expdir: Path, task: Task) -> dict[str, float]:
 
 
 def _asv_lowest(expdir: Path) -> tuple[dict[str, float], str]:
-    from s3prl_star.superb.asv import eer_of_output
+    from s3prl_star.superb.scorers.asv import eer_of_output
 
     logs = sorted(expdir.glob("states-*/log.txt"), key=lambda path: int(path.parent.name.split("-")[-1]))
     if not logs:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parents[2] / "downstream_recipes"
+from s3prl_star import resources
+
 
 
 class Selection(Enum):
@@ -41,7 +42,7 @@ class Task:
 
     @property
     def config(self) -> Path:
-        return RECIPES / self.recipe / "config.yaml"
+        return resources.recipes() / self.recipe / "config.yaml"
 
 
 TASKS: dict[str, Task] = {
