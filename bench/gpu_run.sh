@@ -13,7 +13,7 @@ SITE=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
 export PYTHONPATH="$SITE:$PWD"
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc; python3 -c \
-  "import torch, s3prl_star.compat as c; c.apply(); import s3prl.hub, soundfile, librosa; print('torch', torch.__version__, 'imports ok')"; } \
+  "import torch; from s3prl_star.integration import patches; patches.apply(); import s3prl.hub, soundfile, librosa; print('torch', torch.__version__, 'imports ok')"; } \
   2>&1 | tee "$OUT/env.txt"
 
 STAGES=${*:-distill compile data demo}

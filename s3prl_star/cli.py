@@ -8,6 +8,7 @@ import sys
 
 # name -> (module, function taking argv and returning an exit code, one-line help)
 SUBCOMMANDS = {
+    "configs": ("s3prl_star.resources", "main", "copy the shipped distiller configs and the DATA.yaml template to edit"),
     "profile": ("s3prl_star.model.profile", "main", "parameters and SUPERB-protocol MACs of a model preset"),
     "prepare-librispeech": ("s3prl_star.distill.data", "main", "write s3prl's LibriSpeech length CSVs"),
     "corpus": ("s3prl_star.mini_superb.corpus", "main", "write the espeak-ng mini-SUPERB corpus (LibriSpeech, KS, SID, IC, ER layouts) and its DATA.yaml"),

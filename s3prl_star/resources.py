@@ -37,3 +37,32 @@ def pretrain_plugin() -> Path:
 def upstream_plugin() -> Path:
     """`upstream/star_hubert/`: s3prl's `upstream/star_hubert` folder (hubconf and expert)."""
     return _folder("s3prl_star.upstream_plugin") / PLUGIN_NAME
+
+
+# what `s3prl-star configs DIR` copies out for editing: (shipped folder, file)
+EDITABLE_CONFIGS = (
+    (pretrain_plugin, "config_model.yaml"),
+    (pretrain_plugin, "config_runner.yaml"),
+    (pretrain_plugin, "config_runner_960h.yaml"),
+    (recipes, "data.yaml"),
+)
+
+
+def main(argv: list[str]) -> int:
+    """`s3prl-star configs DIR`: copies of the shipped distiller configs and the DATA.yaml template, to edit."""
+    import argparse
+    import shutil
+    import sys
+
+    parser = argparse.ArgumentParser(prog="s3prl-star configs", description=main.__doc__.split(": ", 1)[1])
+    parser.add_argument("dir", type=Path, help="folder to copy them into (created; existing files are kept)")
+    args = parser.parse_args(argv)
+    existing = [name for _, name in EDITABLE_CONFIGS if (args.dir / name).exists()]
+    if existing:
+        print(f"s3prl-star configs: {args.dir} already has {', '.join(existing)}; nothing copied", file=sys.stderr)
+        return 2
+    args.dir.mkdir(parents=True, exist_ok=True)
+    for folder, name in EDITABLE_CONFIGS:
+        shutil.copyfile(folder() / name, args.dir / name)
+        print(args.dir / name)
+    return 0

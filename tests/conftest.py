@@ -1,5 +1,5 @@
-"""Shared fixtures: generated speech, random-initialised teachers and a tiny random student, made
-once per test session.
+"""Shared fixtures: generated speech (and its length CSVs, once per module), random-initialised teachers
+and a tiny random student, made once per test session.
 
 Nothing is downloaded: the corpus is espeak-ng speech in LibriSpeech layout and the teachers are
 random weights saved in the checkpoint formats s3prl's `*_local` upstreams read.
@@ -15,6 +15,15 @@ def mini_librispeech(tmp_path_factory):
     root = tmp_path_factory.mktemp("LibriSpeech")
     make_librispeech(root, {"train-clean-100": 24, "dev-clean": 8}, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def csv_dir(mini_librispeech, tmp_path_factory):
+    """The length CSVs s3prl's pretrain data reads (`len_for_bucket/train-clean-100.csv`) of
+    `mini_librispeech`, written by `s3prl-star prepare-librispeech` (`helpers.length_csvs`)."""
+    from helpers import length_csvs
+
+    return length_csvs(mini_librispeech, tmp_path_factory.mktemp("len_for_bucket"))
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +60,14 @@ def tiny_student_checkpoint(tiny_student):
     return tiny_student[0]
 
 
-# SUPERB metrics the task tests measured, in their keys of SUPERB_SPEC.md section 4: listed at the end of
+# SUPERB metrics the task tests measured, in their metric keys (docs/superb.md): listed at the end of
 # the run (pytest captures a passing test's prints), so the CI log shows every task's number.
 MEASURED_METRICS: list[tuple[str, float, str]] = []
 
 
 @pytest.fixture
 def superb_metric(request):
-    """`superb_metric(key, value)` records a metric this test measured (key of SUPERB_SPEC.md section 4,
+    """`superb_metric(key, value)` records a metric this test measured (a metric key of docs/superb.md,
     e.g. "ASR_wer" in percent, "QbE_mtwv" raw) for the run's summary."""
 
     def record(key: str, value: float):

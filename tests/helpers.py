@@ -1,20 +1,41 @@
-"""Constants and helpers the test files share: the tiny student shapes and `s3prl-star downstream` runs.
+"""Constants and plain functions the test files share (the fixtures are in conftest.py): the tiny
+student shapes, `s3prl-star pretrain` and `s3prl-star downstream` runs, TensorBoard scalars, s3prl git
+checkouts in a throwaway environment, the generated PR corpus, SUPERB scorer inputs and fault injection.
+No test file imports from another test file: what two of them use lives here.
 
-Imported as `helpers`: pytest's default (prepend) import mode puts tests/ (no __init__.py) on
-sys.path, as for `from test_pretrain import ...`. The matching fixtures are in conftest.py.
+Imported as `helpers`: pytest's default (prepend) import mode puts tests/ (no __init__.py) on sys.path.
 """
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
 import re
+import shutil
+import signal
 import struct
 import subprocess
+import tempfile
 import sys
+import sysconfig
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
 from tensorboardX.proto import event_pb2
 
+import s3prl_star.integration.patches
 from s3prl_star.model.config import StarHubertConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "downstream_recipes"
+EXPERT_DIR = REPO / "distill" / "star_hubert"  # the s3prl pretrain plug-in folder (`-u star_hubert`)
 CLI = str(Path(sys.executable).parent / "s3prl-star")  # the console script a user runs
 
 # A 3-layer student with STaRHuBERT's conv-stack pattern (1x1 layers, a wider last block), small enough
@@ -37,6 +58,22 @@ TINY_STUDENT = dict(
     conv_pos=16, conv_pos_groups=4,
 )
 
+# The student of the distillation tests (`write_configs`): HuBERT's 320-sample hop with 32 channels.
+# layer_norm extractor with conv biases: every frame is normalised on its own, so a padded batch gives
+# each utterance what it gets alone (the DDP test relies on it); the biases keep LayerNorm away from
+# all-zero frames (digital silence).
+TINY_PRETRAIN_STUDENT = {
+    "conv_layers": [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2,
+    "extractor_mode": "layer_norm",
+    "conv_bias": True,
+    "encoder_layers": 2,
+    "encoder_embed_dim": 32,
+    "encoder_ffn_embed_dim": 64,
+    "encoder_attention_heads": 2,
+    "conv_pos": 16,
+    "conv_pos_groups": 4,
+}
+
 # Downstream training runs STEPS optimiser steps, evaluates and saves states-STEPS.ckpt at the last one.
 STEPS = 4
 FAST_RUNNER = (
@@ -55,9 +92,11 @@ def train_args(downstream: str, student_checkpoint: Path, expdir: Path, override
 
 
 def downstream_output(args) -> tuple[int, str]:
-    """Run `s3prl-star downstream ARGS --device cpu` from the repository root: (exit status, stdout+stderr)."""
+    """Run `s3prl-star downstream ARGS --device cpu` from a folder outside the source tree (the recipes name
+    their shipped files; the command finds them anywhere): (exit status, stdout+stderr)."""
     result = subprocess.run(
-        [CLI, "downstream", *args, "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600
+        [CLI, "downstream", *args, "--device", "cpu"], cwd=tempfile.gettempdir(), capture_output=True, text=True,
+        timeout=600,
     )
     return result.returncode, result.stdout + result.stderr
 
@@ -111,3 +150,346 @@ def scalars(expdir: Path) -> dict[str, list[tuple[int, float]]]:
             for value in event.summary.value:
                 found.setdefault(value.tag, []).append((event.step, value.simple_value))
     return found
+
+
+def corpus_files(root: Path) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under `root` (two builds compare byte for byte)."""
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+# --- `s3prl-star pretrain`: the tiny distillation runs --------------------------------------------
+
+
+def subprocess_env() -> dict[str, str]:
+    """One torch thread per process: two processes share the 2 cores, and runs compare bit for bit."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def write_configs(directory: Path, *, teacher: Path, corpus: Path, csv_dir: Path, runner: dict,
+                  datarc: dict, student: dict | None = None, objective: dict | None = None) -> tuple[Path, Path]:
+    """config_model.yaml / config_runner.yaml for TINY_PRETRAIN_STUDENT, with the paper's optimiser
+    (`objective`: the section, STaR's final loss by default)."""
+    model = {
+        "student": {**TINY_PRETRAIN_STUDENT, **(student or {})},
+        "teacher": {"name": "hubert_local", "ckpt": str(teacher), "model_config": None, "layer_map": None},
+        "objective": objective or {"layerwise_weight": 1.0, "intra_weight": 1.0, "attention_weight": 0.0},
+        "precision": "bf16",
+    }
+    shipped = yaml.safe_load((EXPERT_DIR / "config_runner.yaml").read_text())
+    run = {
+        "runner": {**shipped["runner"], "max_keep": 100, **runner},
+        "optimizer": shipped["optimizer"],
+        "scheduler": {**shipped["scheduler"], "num_warmup_steps": 1},  # 5 % of the tiny runs' steps
+        "pretrain_expert": {"datarc": {
+            "libri_root": str(corpus), "file_path": str(csv_dir), "sets": ["train-clean-100"],
+            "max_length": None, "num_workers": 0, **datarc,
+        }},
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.yaml").write_text(yaml.safe_dump(model))
+    (directory / "runner.yaml").write_text(yaml.safe_dump(run))
+    return directory / "model.yaml", directory / "runner.yaml"
+
+
+def length_csvs(corpus: Path, output: Path) -> Path:
+    """`s3prl-star prepare-librispeech` for train-clean-100, as a user runs it."""
+    if not (output / "train-clean-100.csv").is_file():
+        subprocess.run([CLI, "prepare-librispeech", str(corpus), "-o", str(output), "--splits", "train-clean-100"],
+                       check=True, capture_output=True)
+    return output
+
+
+def run_pretrain(args: list[str], cwd: Path, launcher: list[str] | None = None, timeout: float = 600):
+    """`s3prl-star pretrain ARGS` (or under `launcher`, e.g. torchrun) on the CPU; fails with its output."""
+    command = (launcher or [CLI]) + ["pretrain", *args, "--device", "cpu"]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A states-*.ckpt loaded with weights_only (plain data; compat allows s3prl's argparse Namespace)."""
+    s3prl_star.integration.patches.apply()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_expert_module():
+    """distill/star_hubert/pretrain_expert.py, the file s3prl's runner imports, loaded from its path."""
+    spec = importlib.util.spec_from_file_location("star_hubert_expert", EXPERT_DIR / "pretrain_expert.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- s3prl git checkouts, linked by `s3prl-star link-s3prl` in a throwaway environment ---------------
+# (test_link.py's docstring says why the checkout is the installed package in a git repository, and
+# why the environment is not the project's .venv.)
+
+# the lines of s3prl's .gitignore (GitHub, master) that running its scripts from the checkout touches
+S3PRL_GITIGNORE = "__pycache__/\n*.py[cod]\n*$py.class\n*.log\n"
+
+
+def isolated_python(root: Path) -> Path:
+    """A virtual environment whose site-packages also holds the project's (a .pth adding that folder
+    with its own .pth files), so link-s3prl's .pth lands in this environment only."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    (site_packages(python) / "_project_packages.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_path('purelib')!r})\n"
+    )
+    return python
+
+
+def site_packages(python: Path) -> Path:
+    return Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+
+
+def user_environment() -> dict:
+    """The caller's environment without PYTHONPATH: what a user's shell has."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+def make_checkout(root: Path) -> Path:
+    """`root/s3prl-checkout`: the installed s3prl package folder as a git checkout, committed."""
+    import s3prl
+
+    checkout = root / "s3prl-checkout"
+    shutil.copytree(Path(s3prl.__file__).parent, checkout / "s3prl", ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / ".gitignore").write_text(S3PRL_GITIGNORE)
+    git(checkout, "init", "-q")
+    git(checkout, "add", "-A")
+    git(checkout, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "s3prl 0.4.18")
+    return checkout
+
+
+def git(checkout: Path, *args) -> str:
+    return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=True).stdout
+
+
+def git_status(checkout: Path) -> list[str]:
+    return git(checkout, "status", "--porcelain", "--untracked-files=all").splitlines()
+
+
+def link_s3prl(python: Path, *args, env: dict | None = None):
+    """`s3prl-star link-s3prl ARGS` with `python` (the console script's module entry point)."""
+    return subprocess.run([str(python), "-m", "s3prl_star.cli", "link-s3prl", *map(str, args)],
+                          capture_output=True, text=True, env=env or user_environment())
+
+
+def in_checkout(python: Path, checkout: Path, *args, timeout: float = 300, env: dict | None = None):
+    """`python ARGS` from the checkout's s3prl folder, as s3prl's documentation runs its scripts (`env`: the
+    environment, a user's shell's by default)."""
+    return subprocess.run([str(python), *map(str, args)], cwd=checkout / "s3prl", env=env or user_environment(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- PR (s3prl `-d ctc`): LibriSpeech layout and a lexicon of espeak-ng's phonemes --------------------
+
+PR_SPLITS = {"train-clean-100": (6, 3), "dev-clean": (3, 3), "test-clean": (3, 3)}  # (utterances, speakers)
+
+
+def transcripts(root: Path) -> dict[str, str]:
+    """{utterance id: TEXT} of every `.trans.txt` under `root`."""
+    lines = (line for path in root.rglob("*.trans.txt") for line in path.read_text().splitlines())
+    return dict(line.split(" ", 1) for line in lines)
+
+
+def make_libriphone_corpus(root: Path) -> dict:
+    """LibriSpeech (train-clean-100, dev-clean, test-clean) of espeak-ng speech, a lexicon
+    `WORD<TAB>PHONEMES` of espeak-ng's phonemes for the grammar's words, and the vocabulary of those
+    phonemes (`s3prl_star.mini_superb.corpus.librispeech` and `.phoneme_lexicon`). Returns the PR recipe's data keys
+    (`path`, `lexicon`, `vocab_file`) and `labels`, the phoneme string of every utterance."""
+    from s3prl_star.mini_superb import corpus
+
+    asr = corpus.librispeech(root, PR_SPLITS, seed=0)
+    pr = corpus.phoneme_lexicon(root, asr)
+    corpus.build([asr, pr])
+    path, (lexicon_file,) = pr.data["corpus.path"], pr.data["corpus.lexicon"]
+    lexicon = dict(line.split("\t") for line in lexicon_file.read_text().splitlines())
+    labels = {utt: " ".join(lexicon[word] for word in text.split()) for utt, text in transcripts(path).items()}
+    return {"path": path, "lexicon": lexicon_file, "vocab_file": Path(pr.overrides.split("=", 1)[1]), "labels": labels}
+
+
+def pr_overrides(corpus: dict, **changes) -> str:
+    """`-o` for the PR recipe on `corpus` (a dict of make_libriphone_corpus), `changes` replacing keys."""
+    keys = {
+        "corpus.path": corpus["path"], "corpus.lexicon": [str(corpus["lexicon"])],
+        "text.vocab_file": corpus["vocab_file"], "corpus.batch_size": 4, "corpus.num_workers": 0,
+    }
+    keys.update(changes)
+    return ",,".join(f"config.downstream_expert.{key}={value}" for key, value in keys.items())
+
+
+def printed_metric(output: str, line: str) -> float:
+    """The value of the stdout line `LINE: v`."""
+    return float(re.search(rf"^{re.escape(line)}: (\S+)$", output, re.MULTILINE).group(1))
+
+
+# --- generated SUPERB corpora in each task's layout (`s3prl_star.mini_superb.corpus` plans) -------------
+# (tests/test_superb_driver.py runs the driver on the task tests' corpora)
+
+
+def make_speech_commands(root: Path) -> tuple:
+    """Speech Commands v0.01 layout (`s3prl_star.mini_superb.corpus.speech_commands`): train root (class folders of
+    2 training and 1 validation speaker, _background_noise_) and test root (another speaker, _silence_)."""
+    from s3prl_star.mini_superb import corpus
+
+    plan = corpus.speech_commands(root, ("yes", "no", "up", "down"), ("bed",), {"train": 2, "valid": 1, "test": 1},
+                                  seed=0, noise_seconds=2)
+    corpus.build([plan])
+    return plan.data["datarc.speech_commands_root"], plan.data["datarc.speech_commands_test_root"]
+
+
+def make_iemocap(root: Path) -> tuple:
+    """IEMOCAP wavs (`s3prl_star.mini_superb.corpus.iemocap`: 5 sessions x 2 speakers x 4 emotions) and the 5 folds'
+    metadata: (corpus root, metadata folder)."""
+    from s3prl_star.mini_superb import corpus
+
+    plan = corpus.iemocap(root, per_emotion=1, seed=0)
+    corpus.build([plan])
+    return plan.data["datarc.root"], plan.data["datarc.meta_data"]
+
+
+def make_fluent_commands(root: Path) -> Path:
+    """Fluent Speech Commands layout (`s3prl_star.mini_superb.corpus.fluent_commands`: data/{train,valid,test}_data.csv +
+    wavs/speakers/<spk>/*.wav) of 4 intents said by 3 train, 1 valid and 1 test speaker; returns its root."""
+    from s3prl_star.mini_superb import corpus
+
+    plan = corpus.fluent_commands(root, intents=4, speakers={"train": 3, "valid": 1, "test": 1}, seed=0)
+    corpus.build([plan])
+    return plan.data["datarc.file_path"]
+
+
+@dataclass(frozen=True)
+class SidCorpus:
+    root: Path  # the recipe's file_path (holds dev/wav/...)
+    split_list: Path  # the recipe's meta_data
+    counts: dict  # split -> number of utterances listed
+    videos: frozenset  # the video folder names of this corpus' utterances
+
+
+def make_voxceleb1(root: Path, speakers: int, per_speaker: dict, seed: int) -> SidCorpus:
+    """espeak-ng speakers (ids id10001...) in VoxCeleb1 layout under root/VoxCeleb1, and its split list
+    (`s3prl_star.mini_superb.corpus.voxceleb1`; video ids drawn from `seed`)."""
+    from s3prl_star.mini_superb import corpus
+
+    plan = corpus.voxceleb1(root, speakers, per_speaker, seed)
+    corpus.build([plan])
+    return SidCorpus(plan.data["datarc.file_path"], plan.data["datarc.meta_data"], plan.counts,
+                     frozenset(utterance.path.parent.name for utterance in plan.speech))
+
+
+# --- SUPERB scorer inputs: QUESST 2014 ground truth, s3prl's diarization predictions --------------------
+
+
+def write_quesst_ground_truth(directory: Path, split: str, documents, queries, occurrences: dict):
+    """A QUESST 2014 ground-truth folder: ECF (documents), term list (queries) and LEXEME RTTM
+    (`occurrences` {query: [documents]}), named as the corpus names them (`groundtruth_quesst14_SPLIT/`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ecf = ElementTree.Element("ecf", source_signal_duration="1.0", version="quesst14")
+    for document in documents:
+        ElementTree.SubElement(ecf, "excerpt", audio_filename=f"Audio/{document}.wav", channel="1", tbeg="0.000",
+                               dur="1.0", source_type="quesst14")
+    ElementTree.ElementTree(ecf).write(directory / "quesst14.ecf.xml", encoding="UTF-8")
+    tlist = ElementTree.Element("termlist", ecf_filename="quesst14.ecf.xml", language="multilingual", version="1")
+    for query in queries:
+        term = ElementTree.SubElement(tlist, "term", termid=query)
+        ElementTree.SubElement(term, "termtext").text = query
+    ElementTree.ElementTree(tlist).write(directory / f"quesst14_{split}.tlist.xml", encoding="UTF-8")
+    lines = [f"LEXEME {document} 1 0.50 0.40 {query} lex <NA> <NA>\n"
+             for query, found in occurrences.items() for document in found]
+    (directory / f"quesst14_{split}.rttm").write_text("".join(lines))
+
+
+FRAME_SHIFT = 320  # samples at 16 kHz: 20 ms frames, the star_hubert rate s3prl's expert stores
+
+
+def write_run(expdir: Path, predictions: dict, frame_shift: int = FRAME_SHIFT):
+    """An evaluated diarization expdir as s3prl's expert leaves it: `frame_shift` and
+    `scoring/predictions/REC.h5` with dataset `T_hat` (frames, speakers) probabilities."""
+    (expdir / "scoring" / "predictions").mkdir(parents=True)
+    (expdir / "frame_shift").write_text(f"{frame_shift}\n")
+    for recording, probabilities in predictions.items():
+        with h5py.File(expdir / "scoring" / "predictions" / f"{recording}.h5", "w") as file:
+            file.create_dataset("T_hat", data=probabilities)
+
+
+def frames_of(turns, frames: int, frame_shift: int = FRAME_SHIFT, high: float = 0.9, low: float = 0.1) -> np.ndarray:
+    """(frames, speakers) probabilities: `high` where each speaker (in order of first turn) talks, else `low`."""
+    speakers = list(dict.fromkeys(turn.speaker for turn in turns))
+    probabilities = np.full((frames, len(speakers)), low)
+    seconds = frame_shift / 16000
+    for turn in turns:
+        probabilities[round(turn.onset / seconds):round(turn.offset / seconds), speakers.index(turn.speaker)] = high
+    return probabilities
+
+
+# --- fault injection (tests/test_faults_*.py): small or read-only file systems, a process killed while a
+# file it writes is open, damaged files. Root ignores file modes, so as root a read-only folder is a
+# read-only tmpfs mount; a full disk is a small tmpfs mount, which needs root (the test is skipped,
+# saying so, where `mount` is refused).
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_kib: int, read_only: bool = False):
+    """A tmpfs of `size_kib` KiB mounted on `path` for the duration; skips the test without mount rights."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_kib}k" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs on this machine (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path):
+    """An empty folder no file can be created in: mode 0555, or a read-only tmpfs for root."""
+    if os.geteuid() == 0:
+        with tmpfs(path, 64, read_only=True):
+            yield path
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)
+
+
+def kill_while_writing(process: subprocess.Popen, folder: Path, temporary: str, complete: str,
+                       timeout: float = 300) -> Path:
+    """SIGKILL `process` as soon as a file matching `temporary` appears in `folder` while one matching
+    `complete` already exists (a save in progress with an earlier one done); returns the temporary
+    file seen. Fails if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (f"the run exited ({process.returncode}) before a save was seen in progress "
+                                        "beside a complete earlier checkpoint")
+        if folder.is_dir():
+            writing = sorted(folder.glob(temporary))
+            if writing and any(folder.glob(complete)):
+                process.send_signal(signal.SIGKILL)
+                assert process.wait() == -signal.SIGKILL
+                return writing[0]
+        time.sleep(0.001)
+    process.kill()
+    raise AssertionError(f"no {temporary} in {folder} after {timeout} s")
+
+
+def truncate_to_half(path: Path) -> None:
+    """Keep the first half of `path` (a write cut short)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def corrupt_middle(path: Path, count: int = 64) -> None:
+    """Flip `count` bytes in the middle of `path`; its size and both ends stay intact."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for index in range(middle, middle + count):
+        data[index] ^= 0x5A
+    path.write_bytes(bytes(data))

@@ -170,9 +170,12 @@ def hidden_states(model, waveforms, lengths):
 
 
 def assert_same_outputs(loaded, student, samples=12000):
+    """Every hidden state of `loaded` (the features and each layer) equals `student`'s, bit for bit."""
     waveforms, lengths = torch.randn(2, samples), torch.tensor([samples, samples * 2 // 3])
-    for ours, direct in zip(hidden_states(loaded, waveforms, lengths), hidden_states(student, waveforms, lengths)):
-        assert torch.equal(ours, direct)
+    ours, direct = hidden_states(loaded, waveforms, lengths), hidden_states(student, waveforms, lengths)
+    assert len(ours) == len(direct) == student.config.encoder_layers + 1
+    for layer, (state, expected) in enumerate(zip(ours, direct)):
+        assert torch.equal(state, expected), f"hidden state {layer} differs"
 
 
 @pytest.mark.slow
@@ -328,7 +331,9 @@ def test_student_file_and_distiller_checkpoint_round_trip(tmp_path):
     for path in ("student.pt", "states-10.ckpt"):
         loaded = load_student(tmp_path / path)
         assert loaded.config == TINY_CONFIG
-        assert all(torch.equal(a, b) for a, b in zip(hidden_states(loaded, waveforms, lengths), direct))
+        states = hidden_states(loaded, waveforms, lengths)
+        assert len(states) == len(direct) == TINY_CONFIG.encoder_layers + 1
+        assert all(torch.equal(a, b) for a, b in zip(states, direct)), path
 
 
 def test_reading_keeps_globally_allowed_namespace(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import CLI, RECIPES
+from helpers import CLI, RECIPES, corpus_files
 from s3prl_star.mini_superb import corpus
 from s3prl_star.mini_superb.synthetic import MissingToolError
 
@@ -121,7 +121,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def entries(out: Path) -> dict:
-    from s3prl_star.superb.driver import read_data_file
+    from s3prl_star.superb.data_file import read_data_file
 
     common, data = read_data_file(out / corpus.DATA_FILE)
     assert common == ""
@@ -130,7 +130,7 @@ def entries(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_driver_finds_every_tasks_data(tiny):
-    from s3prl_star.superb.driver import missing_data
+    from s3prl_star.superb.data_file import missing_data
     from s3prl_star.superb.tasks import TASKS
 
     data = entries(tiny)
@@ -244,10 +244,6 @@ def test_asr_and_phoneme_readers(tiny, s3prl_shims):
         dataset = LibriPhoneDataset([split], tokenizer, 1, pr.paths["corpus.path"], pr.paths["corpus.lexicon"])
         assert len(dataset) == size
         assert all(tokenizer.unk_idx not in ids for _, ids in dataset.items)
-
-
-def corpus_files(root: Path) -> dict[str, bytes]:
-    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.mark.slow

@@ -9,14 +9,12 @@ every stage finished, redoes none and adds the second seed's student.
 import json
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-CLI = str(Path(sys.executable).parent / "s3prl-star")
+from helpers import CLI
 
 
 def demo(*args):
@@ -75,7 +73,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert "=== mini-SUPERB ===" in result.stdout and "held-out masked-prediction accuracy" in result.stdout
 
     logs = {log.stem: log for log in (out / "logs").glob("*.log")}
-    assert sorted(logs) == ["student-star", "superb-fbank", "superb-teacher", "teacher-pretrain"]
+    assert sorted(logs) == ["score", "student-star", "superb-fbank", "superb-teacher", "teacher-pretrain"]
     assert "$ s3prl-star pretrain" in logs["student-star"].read_text()
 
     again = demo(str(out), *options, "--seeds", "2")  # a second seed: the first one's work is kept
@@ -95,7 +93,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
 
 
 def test_a_failing_stage_stops_the_stages_beside_it(tmp_path):
-    from s3prl_star.mini_superb.demo import RUNNING, Stages
+    from s3prl_star.mini_superb.demo import Stages
+    from s3prl_star.processes import RUNNING
 
     stages = Stages(tmp_path / "logs", jobs=2, device="cpu")
 

@@ -14,15 +14,15 @@ import sys
 import pytest
 import torch
 
-from helpers import scalars
-from test_pretrain import csv_dir, load_checkpoint, run_pretrain, write_configs  # noqa: F401 (fixture)
+from helpers import load_checkpoint, run_pretrain, scalars, write_configs
 
 NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "dropout_input": 0.0}
 RUNNER = {"n_epochs": -1, "total_steps": 3, "gradient_accumulate_steps": 1, "log_step": 1, "save_step": 2}
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_doubled_batch(
-    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path  # noqa: F811
+    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path
 ):
     students, gradient_norms = {}, {}
     for name, batch_size, launcher in (

@@ -9,9 +9,9 @@ from collections import defaultdict
 import pytest
 import torch
 
+from helpers import load_expert_module
 from s3prl_star.model.config import StarHubertConfig
 from s3prl_star.model.released import parse_conv_layers
-from test_pretrain import _load_expert_module, csv_dir  # noqa: F401 (fixture)
 
 BATCH_SIZE = 4  # 24 utterances: 6 batches per epoch
 
@@ -25,7 +25,7 @@ def teacher_copy_config(teacher_path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def expert(mini_librispeech, tiny_hubert_teacher, csv_dir):  # noqa: F811
+def expert(mini_librispeech, tiny_hubert_teacher, csv_dir):
     """An expert whose student has the teacher's shape, with all three STaR terms on, in training mode."""
     upstream_config = {
         "student": teacher_copy_config(tiny_hubert_teacher),
@@ -37,7 +37,7 @@ def expert(mini_librispeech, tiny_hubert_teacher, csv_dir):  # noqa: F811
               "train_batch_size": BATCH_SIZE, "max_length": None, "num_workers": 0}
     with torch.random.fork_rng():
         torch.manual_seed(0)  # the bucket order's seed is torch's initial seed, as run_pretrain.py sets it
-        expert = _load_expert_module().UpstreamPretrainExpert(datarc, upstream_config, "cpu")
+        expert = load_expert_module().UpstreamPretrainExpert(datarc, upstream_config, "cpu")
     return expert.train()
 
 

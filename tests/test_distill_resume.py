@@ -11,15 +11,17 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
-from test_pretrain import CLI, csv_dir, load_checkpoint, run_pretrain, subprocess_env, write_configs  # noqa: F401
+from helpers import CLI, load_checkpoint, run_pretrain, subprocess_env, write_configs
 
 RUNNER = {"n_epochs": -1, "total_steps": 8, "gradient_accumulate_steps": 1, "log_step": 1, "save_step": 2}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_parameters(
-    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path  # noqa: F811
+    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path
 ):
     model_yaml, runner_yaml = write_configs(
         tmp_path / "configs", teacher=tiny_hubert_teacher, corpus=mini_librispeech, csv_dir=csv_dir,
@@ -29,7 +31,7 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(
     run_pretrain([*args, "-n", "uninterrupted"], cwd=tmp_path)
 
     expdir = tmp_path / "result" / "pretrain" / "killed"
-    command = [*CLI, "pretrain", *args, "-n", "killed", "--device", "cpu"]
+    command = [CLI, "pretrain", *args, "-n", "killed", "--device", "cpu"]
     process = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

@@ -70,6 +70,7 @@ def trained(tmp_path_factory):
     return workdir, expdir
 
 
+@pytest.mark.slow
 def test_train_saves_checkpoint_and_logs_dev_scores_at_chance(trained):
     """Labels are random (chance 1/48): two steps cannot beat chance, so the dev cross-entropy is near
     ln 48 and the 6 dev utterances evaluated are mostly wrong (the run is seeded: deterministic)."""
@@ -84,6 +85,7 @@ def test_train_saves_checkpoint_and_logs_dev_scores_at_chance(trained):
     assert dev_accuracy < 0.5
 
 
+@pytest.mark.slow
 def test_evaluate_saved_checkpoint_in_fresh_process(trained):
     workdir, expdir = trained
     checkpoint = expdir / f"states-{TOTAL_STEPS}.ckpt"

@@ -8,33 +8,14 @@ each run must list its own corpus' files, and nothing may appear under site-pack
 Only step counts, batch sizes and workers are overridden (-o), to fit CI.
 """
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from helpers import STEPS, assert_dev_and_test_logged, printed_accuracy, run_downstream, train_args
+from helpers import (STEPS, SidCorpus, assert_dev_and_test_logged, make_voxceleb1, printed_accuracy, run_downstream,
+                     train_args)
 
 SPLIT_IDS = {"train": 1, "dev": 2, "test": 3}
-
-
-@dataclass(frozen=True)
-class SidCorpus:
-    root: Path  # the recipe's file_path (holds dev/wav/...)
-    split_list: Path  # the recipe's meta_data
-    counts: dict  # split -> number of utterances listed
-    videos: frozenset  # the video folder names of this corpus' utterances
-
-
-def make_voxceleb1(root: Path, speakers: int, per_speaker: dict, seed: int) -> SidCorpus:
-    """espeak-ng speakers (ids id10001...) in VoxCeleb1 layout under root/VoxCeleb1, and its split list
-    (`s3prl_star.mini_superb.corpus.voxceleb1`; video ids drawn from `seed`)."""
-    from s3prl_star.mini_superb import corpus
-
-    plan = corpus.voxceleb1(root, speakers, per_speaker, seed)
-    corpus.build([plan])
-    return SidCorpus(plan.data["datarc.file_path"], plan.data["datarc.meta_data"], plan.counts,
-                     frozenset(utterance.path.parent.name for utterance in plan.speech))
 
 
 def site_packages_cache_state():
@@ -75,6 +56,7 @@ def speakers(path: Path) -> dict[str, str]:
     return dict(line.split(" ") for line in path.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_sid_trains_and_evaluates_with_each_runs_own_file_lists(tmp_path, tiny_student_checkpoint, superb_metric):
     cache_before = site_packages_cache_state()
     first = make_voxceleb1(tmp_path / "vox_a", 3, {"train": 2, "dev": 1, "test": 1}, seed=1)

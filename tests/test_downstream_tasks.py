@@ -16,18 +16,9 @@ from pathlib import Path
 import editdistance
 import pytest
 
-from helpers import CLI, RECIPES, printed_accuracy, train_then_evaluate
+from helpers import CLI, RECIPES, make_fluent_commands, printed_accuracy, train_then_evaluate
 
-def make_fluent_commands(root: Path) -> Path:
-    """Fluent Speech Commands layout (`s3prl_star.mini_superb.corpus.fluent_commands`: data/{train,valid,test}_data.csv +
-    wavs/speakers/<spk>/*.wav) of 4 intents said by 3 train, 1 valid and 1 test speaker; returns its root."""
-    from s3prl_star.mini_superb import corpus
-
-    plan = corpus.fluent_commands(root, intents=4, speakers={"train": 3, "valid": 1, "test": 1}, seed=0)
-    corpus.build([plan])
-    return plan.data["datarc.file_path"]
-
-
+@pytest.mark.slow
 def test_intent_classification_trains_then_evaluates(tmp_path, tiny_student_checkpoint, superb_metric):
     corpus = make_fluent_commands(tmp_path)
     overrides = (
@@ -52,6 +43,7 @@ def read_rows(path: Path) -> dict[str, tuple]:
     return {row[0]: tuple(row[1:]) for row in csv.reader(open(path))}
 
 
+@pytest.mark.slow
 def test_asr_trains_then_evaluates_on_test_clean(tmp_path, tiny_student_checkpoint, superb_metric):
     from s3prl_star.mini_superb.synthetic import make_librispeech
 

@@ -12,10 +12,9 @@ import subprocess
 
 import pytest
 
-from fault_helpers import corrupt_middle, kill_while_writing, tmpfs, truncate_to_half
-from helpers import REPO, STEPS, train_args
+from helpers import (CLI, STEPS, corrupt_middle, kill_while_writing, load_checkpoint, run_pretrain, subprocess_env,
+                     tmpfs, train_args, truncate_to_half, write_configs)
 from s3prl_star.integration.resume import checkpoint_problem
-from test_pretrain import CLI, csv_dir, load_checkpoint, run_pretrain, subprocess_env, write_configs  # noqa: F401
 
 TEMPORARY = ".states-*.ckpt.*.tmp"
 COMPLETE = "states-*.ckpt"
@@ -30,7 +29,7 @@ def pretrain_configs(directory, teacher, corpus, csvs, **runner):
 
 
 def pretrain_command(*args: str) -> list[str]:
-    return [*CLI, "pretrain", *args, "--device", "cpu"]
+    return [CLI, "pretrain", *args, "--device", "cpu"]
 
 
 def checkpoints(folder) -> list[str]:
@@ -39,7 +38,7 @@ def checkpoints(folder) -> list[str]:
 
 @pytest.mark.slow
 def test_pretrain_killed_while_saving_with_max_keep_1_resumes_with_p_alone(
-    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path  # noqa: F811
+    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path
 ):
     """A checkpoint every step, `max_keep: 1`, SIGKILL while a checkpoint is being written: the previous
     one is still there and complete; `-a -p DIR` alone removes the killed write's temporary file and
@@ -63,7 +62,7 @@ def test_pretrain_killed_while_saving_with_max_keep_1_resumes_with_p_alone(
 
 
 @pytest.fixture(scope="module")
-def finished_pretrain(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path_factory):  # noqa: F811
+def finished_pretrain(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path_factory):
     """(experiment folder, pristine copy): a 4-step run keeping states-2.ckpt and states-4.ckpt. The
     checkpoints store the folder's path (s3prl resumes into it), so tests restore it from the copy."""
     root = tmp_path_factory.mktemp("pretrain_damage")
@@ -114,7 +113,7 @@ def test_pretrain_a_with_nothing_to_resume_and_no_upstream_is_a_named_error(tmp_
 
 @pytest.mark.slow
 def test_pretrain_full_disk_at_a_save_keeps_the_previous_checkpoint(
-    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path  # noqa: F811
+    mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path
 ):
     """`max_keep: 1` on a disk with room for one checkpoint only: the second save fails with ENOSPC
     and the first checkpoint stays, complete (s3prl would have deleted it first)."""
@@ -146,7 +145,7 @@ def _checkpoint_kib(cwd, model_yaml, runner_yaml) -> int:
 def asr_data(mini_librispeech, tmp_path_factory):
     """(corpus, `-o` data overrides) for s3prl's ASR recipe on the shared espeak-ng corpus."""
     csvs = tmp_path_factory.mktemp("asr_len_for_bucket")
-    subprocess.run([*CLI, "prepare-librispeech", str(mini_librispeech), "-o", str(csvs),
+    subprocess.run([CLI, "prepare-librispeech", str(mini_librispeech), "-o", str(csvs),
                     "--splits", "train-clean-100", "dev-clean"], check=True, capture_output=True, env=subprocess_env())
     return (
         f"config.downstream_expert.datarc.libri_root={mini_librispeech},,"
@@ -157,7 +156,7 @@ def asr_data(mini_librispeech, tmp_path_factory):
 
 
 def downstream_command(*args: str) -> list[str]:
-    return [*CLI, "downstream", *args, "--device", "cpu"]
+    return [CLI, "downstream", *args, "--device", "cpu"]
 
 
 def asr_train(checkpoint, expdir, data: str, runner: str) -> list[str]:
@@ -170,13 +169,13 @@ def test_downstream_killed_while_saving_with_max_keep_1_resumes(asr_data, tiny_s
     checkpoint survives complete and `-m train -a -p DIR` resumes from it to the end."""
     expdir = tmp_path / "asr"
     runner = "config.runner.total_steps=10,,config.runner.save_step=1,,config.runner.eval_step=1000"
-    process = subprocess.Popen(asr_train(tiny_student_checkpoint, expdir, asr_data, runner), cwd=REPO,
+    process = subprocess.Popen(asr_train(tiny_student_checkpoint, expdir, asr_data, runner), cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
     temporary = kill_while_writing(process, expdir, TEMPORARY, COMPLETE)
     survivors = checkpoints(expdir)
     assert survivors and all(checkpoint_problem(expdir / name) is None for name in survivors), survivors
 
-    resumed = subprocess.run(downstream_command("-m", "train", "-a", "-p", str(expdir)), cwd=REPO,
+    resumed = subprocess.run(downstream_command("-m", "train", "-a", "-p", str(expdir)), cwd=tmp_path,
                              capture_output=True, text=True, timeout=300, env=subprocess_env())
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
@@ -188,13 +187,13 @@ def test_downstream_killed_while_saving_with_max_keep_1_resumes(asr_data, tiny_s
 def test_downstream_evaluate_dir_skips_a_truncated_newest_checkpoint(asr_data, tiny_student_checkpoint, tmp_path):
     expdir = tmp_path / "asr"
     runner = f"config.runner.save_step={STEPS // 2},,config.runner.max_keep=2"
-    trained = subprocess.run(asr_train(tiny_student_checkpoint, expdir, asr_data, runner), cwd=REPO,
+    trained = subprocess.run(asr_train(tiny_student_checkpoint, expdir, asr_data, runner), cwd=tmp_path,
                              capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert checkpoints(expdir) == [f"states-{STEPS // 2}.ckpt", f"states-{STEPS}.ckpt"]
     truncate_to_half(expdir / f"states-{STEPS}.ckpt")
 
-    evaluated = subprocess.run(downstream_command("-m", "evaluate", "-t", "dev-clean", "-e", str(expdir)), cwd=REPO,
+    evaluated = subprocess.run(downstream_command("-m", "evaluate", "-t", "dev-clean", "-e", str(expdir)), cwd=tmp_path,
                                capture_output=True, text=True, timeout=300, env=subprocess_env())
     output = evaluated.stdout + evaluated.stderr
     assert evaluated.returncode == 0, output[-3000:]

@@ -7,9 +7,7 @@ import subprocess
 
 import yaml
 
-from fault_helpers import read_only_folder, tmpfs
-from helpers import RECIPES, REPO
-from test_pretrain import CLI, subprocess_env, write_configs
+from helpers import CLI, RECIPES, read_only_folder, subprocess_env, tmpfs, write_configs
 
 
 def pretrain(tmp_path, teacher, *, runner_changes=None, model_changes=None) -> subprocess.CompletedProcess:
@@ -23,7 +21,7 @@ def pretrain(tmp_path, teacher, *, runner_changes=None, model_changes=None) -> s
         for section, values in (changes or {}).items():
             config[section].update(values)
         path.write_text(yaml.safe_dump(config))
-    command = [*CLI, "pretrain", "-u", "star_hubert", "-g", str(model_yaml), "-c", str(runner_yaml), "-n", "run",
+    command = [CLI, "pretrain", "-u", "star_hubert", "-g", str(model_yaml), "-c", str(runner_yaml), "-n", "run",
                "--device", "cpu"]
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=subprocess_env())
 
@@ -71,9 +69,9 @@ def test_garbage_teacher_checkpoint_is_named_without_unsafe_advice(tmp_path):
 
 
 def downstream(tmp_path, student, *args) -> subprocess.CompletedProcess:
-    command = [*CLI, "downstream", "-m", "train", "-u", "star_hubert", "-k", str(student), "-d", "asr",
+    command = [CLI, "downstream", "-m", "train", "-u", "star_hubert", "-k", str(student), "-d", "asr",
                "-p", str(tmp_path / "asr"), *args, "--device", "cpu"]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=subprocess_env())
 
 
 def test_downstream_override_typo_names_the_key_and_the_recipe_keys(tiny_student_checkpoint, tmp_path):
@@ -102,7 +100,7 @@ def test_downstream_config_copy_with_a_typo_is_named(tiny_student_checkpoint, tm
 
 
 def export(student, output) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "export", str(student), "--format", "torchscript", "-o", str(output)],
+    return subprocess.run([CLI, "export", str(student), "--format", "torchscript", "-o", str(output)],
                           capture_output=True, text=True, timeout=300, env=subprocess_env())
 
 

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,10 +21,10 @@ import pytest
 import torch
 from s3prl.upstream.hubert.hubert_model import HubertModel
 
+from helpers import CLI
 from s3prl_star.mini_superb.teacher_pretrain import (HOP, TeacherShape, build_model, crop_batch, kmeans, learning_rate, mfcc_features, units)
 from s3prl_star.mini_superb.random_teacher import FAIRSEQ_SPECIAL_SYMBOLS
 
-CLI = str(Path(sys.executable).parent / "s3prl-star")
 TINY = ["--layers", "2", "--embed-dim", "32", "--ffn-dim", "64", "--heads", "2", "--clusters", "8",
         "--batch-size", "2", "--max-seconds", "1.0"]
 

@@ -37,7 +37,7 @@ def run(model, waveforms, lengths=LENGTHS):
 
 @pytest.mark.parametrize("fill", [float("nan"), float("inf"), None], ids=["nan", "inf", "noise"])
 def test_samples_past_lengths_do_not_change_any_output(student, fill):
-    """Only the padded length reaches the valid frames (the first GroupNorm, README: Padding), never the values."""
+    """Only the padded length reaches the valid frames (the first GroupNorm, docs/student.md: Padding), never the values."""
     reference, garbage = run(student, padded_batch()), run(student, padded_batch(fill))
     assert torch.equal(reference.padding_mask, garbage.padding_mask)
     for ours, theirs in zip(reference.hidden_states + reference.attentions, garbage.hidden_states + garbage.attentions):

@@ -13,73 +13,17 @@ No PYTHONPATH is set anywhere.
 """
 import hashlib
 import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
+from helpers import (REPO, git_status, in_checkout, isolated_python, link_s3prl, make_checkout, site_packages,
+                     user_environment)
 from s3prl_star.integration.link import HUB_BLOCK, PATH_FILE_NAME, PRETRAIN_BLOCK
 
-REPO = Path(__file__).resolve().parents[1]
-# the lines of s3prl's .gitignore (GitHub, master) that running its scripts from the checkout touches
-S3PRL_GITIGNORE = "__pycache__/\n*.py[cod]\n*$py.class\n*.log\n"
-
-
-def isolated_python(root: Path) -> Path:
-    """A virtual environment whose site-packages also holds the project's (a .pth adding that folder
-    with its own .pth files), so link-s3prl's .pth lands in this environment only."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
-    python = root / "bin" / "python"
-    (site_packages(python) / "_project_packages.pth").write_text(
-        f"import site; site.addsitedir({sysconfig.get_path('purelib')!r})\n"
-    )
-    return python
-
-
-def site_packages(python: Path) -> Path:
-    return Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-
-
-def user_environment() -> dict:
-    """The caller's environment without PYTHONPATH: what a user's shell has."""
-    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-
-
-def make_checkout(root: Path) -> Path:
-    """`root/s3prl-checkout`: the installed s3prl package folder as a git checkout, committed."""
-    import s3prl
-
-    checkout = root / "s3prl-checkout"
-    shutil.copytree(Path(s3prl.__file__).parent, checkout / "s3prl", ignore=shutil.ignore_patterns("__pycache__"))
-    (checkout / ".gitignore").write_text(S3PRL_GITIGNORE)
-    git(checkout, "init", "-q")
-    git(checkout, "add", "-A")
-    git(checkout, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "s3prl 0.4.18")
-    return checkout
-
-
-def git(checkout: Path, *args) -> str:
-    return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=True).stdout
-
-
-def git_status(checkout: Path) -> list[str]:
-    return git(checkout, "status", "--porcelain", "--untracked-files=all").splitlines()
-
-
-def link_s3prl(python: Path, *args, env: dict | None = None):
-    """`s3prl-star link-s3prl ARGS` with `python` (the console script's module entry point)."""
-    return subprocess.run([str(python), "-m", "s3prl_star.cli", "link-s3prl", *map(str, args)],
-                          capture_output=True, text=True, env=env or user_environment())
-
-
-def in_checkout(python: Path, checkout: Path, *args, timeout: float = 300):
-    """`python ARGS` from the checkout's s3prl folder, as s3prl's documentation runs its scripts."""
-    return subprocess.run([str(python), *map(str, args)], cwd=checkout / "s3prl", env=user_environment(),
-                          capture_output=True, text=True, timeout=timeout)
+# The checkout and environment helpers (`make_checkout`, `isolated_python`, `link_s3prl`, `in_checkout`, ...)
+# are in helpers.py: test_checkout.py runs s3prl's own scripts in the same setting.
 
 
 def imported_s3prl(python: Path, cwd: Path) -> Path:

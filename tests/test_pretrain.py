@@ -1,14 +1,13 @@
 """`s3prl-star pretrain`: a tiny student distilled from a tiny random HuBERT through s3prl's own
 pretrain runner, run as a user runs it (subprocess), plus the shipped configs and the driver's parts.
 
-The helpers here (`TINY_STUDENT`, `write_configs`, `run_pretrain`, `load_checkpoint`, ...) are
-shared with test_distill_ddp.py and test_distill_resume.py.
+The run helpers (`TINY_PRETRAIN_STUDENT`, `write_configs`, `run_pretrain`, `load_checkpoint`, ...) are in
+helpers.py, the `csv_dir` fixture in conftest.py: the distillation tests of other files share them.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import subprocess
 import sys
 import types
@@ -18,95 +17,19 @@ import pytest
 import torch
 import yaml
 
-import s3prl_star.integration.patches
 from s3prl_star.model.config import PRESETS, StarHubertConfig
 from s3prl_star.model.star_hubert import StarHubert
 from s3prl_star.integration.pretrain import resolve_paths, shadow_workdir
 
-from helpers import scalars
-
-REPO = Path(__file__).resolve().parent.parent
-EXPERT_DIR = REPO / "distill" / "star_hubert"
-CLI = [str(Path(sys.executable).parent / "s3prl-star")]  # the console script a user runs
-
-# HuBERT's 320-sample hop with 32 channels. layer_norm extractor with conv biases: every frame is
-# normalised on its own, so a padded batch gives each utterance what it gets alone (the DDP test
-# relies on it); the biases keep LayerNorm away from all-zero frames (digital silence).
-TINY_STUDENT = {
-    "conv_layers": [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2,
-    "extractor_mode": "layer_norm",
-    "conv_bias": True,
-    "encoder_layers": 2,
-    "encoder_embed_dim": 32,
-    "encoder_ffn_embed_dim": 64,
-    "encoder_attention_heads": 2,
-    "conv_pos": 16,
-    "conv_pos_groups": 4,
-}
-
-
-def write_configs(directory: Path, *, teacher: Path, corpus: Path, csv_dir: Path, runner: dict,
-                  datarc: dict, student: dict | None = None, objective: dict | None = None) -> tuple[Path, Path]:
-    """config_model.yaml / config_runner.yaml for the tiny student, with the paper's optimiser
-    (`objective`: the section, STaR's final loss by default)."""
-    model = {
-        "student": {**TINY_STUDENT, **(student or {})},
-        "teacher": {"name": "hubert_local", "ckpt": str(teacher), "model_config": None, "layer_map": None},
-        "objective": objective or {"layerwise_weight": 1.0, "intra_weight": 1.0, "attention_weight": 0.0},
-        "precision": "bf16",
-    }
-    shipped = yaml.safe_load((EXPERT_DIR / "config_runner.yaml").read_text())
-    run = {
-        "runner": {**shipped["runner"], "max_keep": 100, **runner},
-        "optimizer": shipped["optimizer"],
-        "scheduler": {**shipped["scheduler"], "num_warmup_steps": 1},  # 5 % of the tiny runs' steps
-        "pretrain_expert": {"datarc": {
-            "libri_root": str(corpus), "file_path": str(csv_dir), "sets": ["train-clean-100"],
-            "max_length": None, "num_workers": 0, **datarc,
-        }},
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.yaml").write_text(yaml.safe_dump(model))
-    (directory / "runner.yaml").write_text(yaml.safe_dump(run))
-    return directory / "model.yaml", directory / "runner.yaml"
-
-
-def length_csvs(corpus: Path, output: Path) -> Path:
-    """`s3prl-star prepare-librispeech` for train-clean-100, as a user runs it."""
-    if not (output / "train-clean-100.csv").is_file():
-        subprocess.run([*CLI, "prepare-librispeech", str(corpus), "-o", str(output), "--splits", "train-clean-100"],
-                       check=True, capture_output=True)
-    return output
-
-
-def run_pretrain(args: list[str], cwd: Path, launcher: list[str] | None = None, timeout: float = 600):
-    """`s3prl-star pretrain ARGS` (or under `launcher`, e.g. torchrun) on the CPU; fails with its output."""
-    command = (launcher or CLI) + ["pretrain", *args, "--device", "cpu"]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
-
-
-def subprocess_env() -> dict[str, str]:
-    """One torch thread per process: two processes share the 2 cores, and runs compare bit for bit."""
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A states-*.ckpt loaded with weights_only (plain data; compat allows s3prl's argparse Namespace)."""
-    s3prl_star.integration.patches.apply()
-    return torch.load(path, map_location="cpu", weights_only=True)
+from helpers import (CLI, EXPERT_DIR, TINY_PRETRAIN_STUDENT, load_checkpoint, load_expert_module, run_pretrain,
+                     scalars, subprocess_env, write_configs)
 
 
 def student_state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["Student"]["state_dict"]
 
 
-@pytest.fixture(scope="module")
-def csv_dir(mini_librispeech, tmp_path_factory):
-    return length_csvs(mini_librispeech, tmp_path_factory.mktemp("len_for_bucket"))
-
-
+@pytest.mark.slow
 def test_pretrain_distils_a_tiny_student(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path):
     """12 steps (2 epochs of 6 batches of 4) through s3prl's runner: the STaR loss falls, every scalar
     is logged, checkpoints hold a loadable student, and `-n` lands under the caller's directory."""
@@ -136,7 +59,7 @@ def test_pretrain_distils_a_tiny_student(mini_librispeech, tiny_hubert_teacher, 
     checkpoint = load_checkpoint(expdir / "states-epoch-2.ckpt")
     assert checkpoint["Data"]["batches_done"] == 12
     config = StarHubertConfig.from_dict(checkpoint["Student"]["config"])
-    assert config == StarHubertConfig.from_dict(TINY_STUDENT)
+    assert config == StarHubertConfig.from_dict(TINY_PRETRAIN_STUDENT)
     student = StarHubert(config)
     student.load_state_dict(checkpoint["Student"]["state_dict"])
     first = student_state(expdir / "states-6.ckpt")
@@ -188,6 +111,7 @@ def test_pretrain_with_the_distilhubert_objective_trains_saves_and_resumes_its_h
         assert all(torch.equal(resumed["Optimizer"]["state"][index][key], tensor) for key, tensor in value.items())
 
 
+@pytest.mark.slow
 def test_non_finite_loss_saves_the_batch_and_fails(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path):
     """A teacher whose last layer outputs NaN: the first step stops the run with the batch saved."""
     checkpoint = torch.load(tiny_hubert_teacher, map_location="cpu", weights_only=True)
@@ -198,7 +122,7 @@ def test_non_finite_loss_saves_the_batch_and_fails(mini_librispeech, tiny_hubert
         tmp_path / "configs", teacher=broken_teacher, corpus=mini_librispeech, csv_dir=csv_dir,
         runner={"n_epochs": -1, "total_steps": 3, "log_step": 1, "save_step": 2}, datarc={"train_batch_size": 4},
     )
-    command = [*CLI, "pretrain", "-u", "star_hubert", "-g", str(model_yaml), "-c", str(runner_yaml), "-n", "nan",
+    command = [CLI, "pretrain", "-u", "star_hubert", "-g", str(model_yaml), "-c", str(runner_yaml), "-n", "nan",
                "--device", "cpu"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert result.returncode != 0
@@ -212,7 +136,7 @@ def test_non_finite_loss_saves_the_batch_and_fails(mini_librispeech, tiny_hubert
 def test_non_finite_gradients_stop_the_run(mini_librispeech, tiny_hubert_teacher, csv_dir, tmp_path):
     """s3prl's runner skips a step with a NaN gradient norm after printing it; the expert's
     on_before_zero_grad (called after every optimiser step) raises instead."""
-    expert_module = _load_expert_module()
+    expert_module = load_expert_module()
     model_yaml, runner_yaml = write_configs(
         tmp_path, teacher=tiny_hubert_teacher, corpus=mini_librispeech, csv_dir=csv_dir, runner={},
         datarc={"train_batch_size": 4},
@@ -225,13 +149,6 @@ def test_non_finite_gradients_stop_the_run(mini_librispeech, tiny_hubert_teacher
     parameter.grad[0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite gradients"):
         expert.on_before_zero_grad()
-
-
-def _load_expert_module():
-    spec = importlib.util.spec_from_file_location("star_hubert_expert", EXPERT_DIR / "pretrain_expert.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _load_s3prl_module(name: str):
@@ -324,7 +241,7 @@ def test_objective_kind_selects_the_loss_and_refuses_what_it_does_not_use(tmp_pa
     from s3prl_star.distill.losses import StarLossConfig
     from s3prl_star.distill.objectives import objective_config
 
-    expert = _load_expert_module()
+    expert = load_expert_module()
     config, _ = load_model_config(str(EXPERT_DIR / "config_model.yaml"))
     assert config["objective"]["kind"] == "star"
     assert objective_config(config["objective"], "o") == ("star", StarLossConfig())
@@ -340,7 +257,7 @@ def test_objective_kind_selects_the_loss_and_refuses_what_it_does_not_use(tmp_pa
             objective_config(section, "m.yaml: objective")
 
     upstream_config = {
-        "student": TINY_STUDENT, "precision": "fp32", "objective": {"kind": "distilhubert"},
+        "student": TINY_PRETRAIN_STUDENT, "precision": "fp32", "objective": {"kind": "distilhubert"},
         "teacher": {"name": "hubert_local", "ckpt": str(tmp_path / "never_loaded.pt"), "layer_map": [1, 2]},
     }
     datarc = {"libri_root": str(tmp_path), "file_path": str(tmp_path), "sets": [], "train_batch_size": 1, "num_workers": 0}

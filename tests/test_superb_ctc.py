@@ -16,7 +16,6 @@ names (and leaves a real `ctc/corpus/` alone). The recipes are in 0.4.18's schem
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,44 +24,12 @@ import editdistance
 import pytest
 import soundfile as sf
 
-from helpers import FAST_RUNNER, RECIPES, STEPS, downstream_output, run_downstream
-from s3prl_star.mini_superb import corpus
+from helpers import (FAST_RUNNER, RECIPES, STEPS, downstream_output, make_libriphone_corpus, pr_overrides,
+                     printed_metric, run_downstream)
 from s3prl_star.mini_superb.synthetic import SAMPLE_RATE, require_tools, synthesise
 
-# --- PR: LibriSpeech layout and a lexicon of espeak-ng's phonemes -------------------------------
-
-PR_SPLITS = {"train-clean-100": (6, 3), "dev-clean": (3, 3), "test-clean": (3, 3)}  # (utterances, speakers)
-
-
-def transcripts(root: Path) -> dict[str, str]:
-    """{utterance id: TEXT} of every `.trans.txt` under `root`."""
-    lines = (line for path in root.rglob("*.trans.txt") for line in path.read_text().splitlines())
-    return dict(line.split(" ", 1) for line in lines)
-
-
-def make_libriphone_corpus(root: Path) -> dict:
-    """LibriSpeech (train-clean-100, dev-clean, test-clean) of espeak-ng speech, a lexicon
-    `WORD<TAB>PHONEMES` of espeak-ng's phonemes for the grammar's words, and the vocabulary of those
-    phonemes (`s3prl_star.mini_superb.corpus.librispeech` and `.phoneme_lexicon`). Returns the PR recipe's data keys
-    (`path`, `lexicon`, `vocab_file`) and `labels`, the phoneme string of every utterance."""
-    asr = corpus.librispeech(root, PR_SPLITS, seed=0)
-    pr = corpus.phoneme_lexicon(root, asr)
-    corpus.build([asr, pr])
-    path, (lexicon_file,) = pr.data["corpus.path"], pr.data["corpus.lexicon"]
-    lexicon = dict(line.split("\t") for line in lexicon_file.read_text().splitlines())
-    labels = {utt: " ".join(lexicon[word] for word in text.split()) for utt, text in transcripts(path).items()}
-    return {"path": path, "lexicon": lexicon_file, "vocab_file": Path(pr.overrides.split("=", 1)[1]), "labels": labels}
-
-
-def pr_overrides(corpus: dict, **changes) -> str:
-    """`-o` for the PR recipe on `corpus` (a dict of make_libriphone_corpus), `changes` replacing keys."""
-    keys = {
-        "corpus.path": corpus["path"], "corpus.lexicon": [str(corpus["lexicon"])],
-        "text.vocab_file": corpus["vocab_file"], "corpus.batch_size": 4, "corpus.num_workers": 0,
-    }
-    keys.update(changes)
-    return ",,".join(f"config.downstream_expert.{key}={value}" for key, value in keys.items())
-
+# PR: LibriSpeech layout and a lexicon of espeak-ng's phonemes, `make_libriphone_corpus` and its `-o`
+# (`pr_overrides`) in helpers.py (test_checkout.py runs PR in an s3prl checkout on the same corpus).
 
 # --- SF: Audio SNIPS layout ---------------------------------------------------------------------
 
@@ -141,11 +108,6 @@ def train_then_evaluate_ctc(recipe, student_checkpoint, expdir, overrides, metri
     checkpoint = expdir / f"states-{STEPS}.ckpt"
     assert checkpoint.is_file(), sorted(path.name for path in expdir.iterdir())
     return run_downstream(["-m", "evaluate", "-e", str(checkpoint)], rf"^test {metric}: ")
-
-
-def printed_metric(output: str, line: str) -> float:
-    """The value of the stdout line `LINE: v`."""
-    return float(re.search(rf"^{re.escape(line)}: (\S+)$", output, re.MULTILINE).group(1))
 
 
 def read_ark(path: Path) -> dict[str, str]:

@@ -2,9 +2,8 @@
 
 - Fast: the shipped DATA.yaml template names every task's data keys; bad DATA.yaml / --tasks input
   fails with a message naming the file, key or option.
-- Slow: the tiny random student (`tiny_student_checkpoint`) through the console script on espeak-ng
-  corpora in each task's layout (the generators of test_superb_tasks.py, test_downstream_tasks.py and
-  test_downstream_sid.py): ASR, KS, SID and IC (and PR when its recipe runs) in one driver run that is
+- Slow: the tiny random student (`tiny_student_checkpoint`) through the console script, run from a folder
+  outside the source tree, on espeak-ng corpora in each task's layout (the generators in helpers.py): ASR, KS, SID and IC (and PR when its recipe runs) in one driver run that is
   SIGKILLed mid-training and resumed, a task with missing data skipped; ER's five folds; `score`
   reads what the driver wrote. Each metric is checked against a second source s3prl writes
   (TensorBoard events, the hypothesis/reference files). Only steps, batch sizes, workers and model
@@ -18,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -26,7 +26,7 @@ import editdistance
 import pytest
 import yaml
 
-from helpers import CLI, RECIPES, REPO, scalars
+from helpers import CLI, RECIPES, scalars
 from s3prl_star.superb.tasks import TASKS
 
 # Every task: 4 steps, dev (and test) evaluated and a checkpoint saved every 2 steps.
@@ -35,7 +35,8 @@ QUICK = ("config.runner.total_steps=4,,config.runner.log_step=2,,config.runner.e
 
 
 def superb(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, "superb", "--device", "cpu", "--progress-every", "0", *args], cwd=REPO,
+    """`s3prl-star superb ARGS` from a folder of no importance to it (not the source tree)."""
+    return subprocess.run([CLI, "superb", "--device", "cpu", "--progress-every", "0", *args], cwd=tempfile.gettempdir(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -51,7 +52,7 @@ def write_data(path: Path, entries: dict) -> Path:
 # --- fast ----------------------------------------------------------------------------------------
 
 def test_data_template_names_every_task_and_its_data_keys():
-    from s3prl_star.superb.driver import read_data_file
+    from s3prl_star.superb.data_file import read_data_file
 
     common, entries = read_data_file(RECIPES / "data.yaml")
     assert common == ""
@@ -92,7 +93,7 @@ def test_an_output_folder_in_use_is_refused(tmp_path):
 
 
 def test_lr_search_grid_is_around_the_recipe_learning_rate():
-    from s3prl_star.superb.driver import learning_rates
+    from s3prl_star.superb.policy import learning_rates
 
     assert learning_rates(TASKS["sid"], lr_search=False, user_overrides=[]) == [1.0e-3]  # the paper's 10x
     assert learning_rates(TASKS["ks"], lr_search=True, user_overrides=[]) == pytest.approx([1.0e-5, 1.0e-4, 1.0e-3])
@@ -119,7 +120,7 @@ def make_asr_data(root: Path) -> dict:
 
 
 def make_ks_data(root: Path) -> dict:
-    from test_superb_tasks import make_speech_commands
+    from helpers import make_speech_commands
 
     train_root, test_root = make_speech_commands(root / "speech_commands")
     # KS trains 40 steps, so that the driver can be killed between its first checkpoint and its end.
@@ -129,7 +130,7 @@ def make_ks_data(root: Path) -> dict:
 
 
 def make_sid_data(root: Path) -> dict:
-    from test_downstream_sid import make_voxceleb1
+    from helpers import make_voxceleb1
 
     corpus = make_voxceleb1(root, 3, {"train": 2, "dev": 1, "test": 1}, seed=1)
     return {"datarc.file_path": str(corpus.root), "datarc.meta_data": str(corpus.split_list),
@@ -137,7 +138,7 @@ def make_sid_data(root: Path) -> dict:
 
 
 def make_ic_data(root: Path) -> dict:
-    from test_downstream_tasks import make_fluent_commands
+    from helpers import make_fluent_commands
 
     corpus = make_fluent_commands(root)
     return {"datarc.file_path": str(corpus),
@@ -147,19 +148,20 @@ def make_ic_data(root: Path) -> dict:
 
 def make_er_data(root: Path) -> dict:
     """make_iemocap's corpus and its five folds' metadata."""
-    from test_superb_tasks import make_iemocap
+    from helpers import make_iemocap
 
     corpus, meta = make_iemocap(root)
     return {"datarc.root": str(corpus), "datarc.meta_data": str(meta),
             "overrides": "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.pre_load=False"}
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
+def wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float) -> None:
+    """Until a file matching `pattern` is in `folder` (checkpoints replace each other: any one will do)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the driver ended before {path} appeared:\n{process.stdout.read()[-4000:]}"
-        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
-        time.sleep(0.05)
+    while not any(folder.glob(pattern)):
+        assert process.poll() is None, f"the driver ended before {folder}/{pattern}:\n{process.stdout.read()[-4000:]}"
+        assert time.monotonic() < deadline, f"no {folder}/{pattern} after {timeout} s"
+        time.sleep(0.02)
 
 
 def wait_for_unlocked(lock: Path, timeout: float) -> None:
@@ -206,15 +208,15 @@ def test_driver_runs_tasks_survives_a_kill_and_skips_missing_data(tmp_path, tiny
     command = [CLI, "superb", "-u", "star_hubert", "-k", str(tiny_student_checkpoint), "--data", str(data),
                "--tasks", "ks,asr,sid,ic,qbe", "-o", str(out), "--device", "cpu", "--progress-every", "0"]
     # Killed (the driver and its runs, as a preemption does) once KS has saved its first checkpoint.
-    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
-    wait_for(out / "ks" / "lr0.0001" / "states-2.ckpt", first, timeout=900)
+    wait_for(out / "ks" / "lr0.0001", "states-*.ckpt", first, timeout=900)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     wait_for_unlocked(out / ".lock", timeout=60)  # the killed runs are gone (they hold OUT's lock while alive)
     assert not (out / "results.json").exists()
 
-    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-6000:]
     assert re.search(r"KS/lr0.0001: resuming training from states-\d+\.ckpt", output), output[-6000:]
@@ -272,7 +274,7 @@ def test_driver_runs_tasks_survives_a_kill_and_skips_missing_data(tmp_path, tiny
 
 @pytest.mark.slow
 def test_driver_runs_the_five_er_folds_and_pr(tmp_path, tiny_student_checkpoint):
-    from test_superb_ctc import make_libriphone_corpus
+    from helpers import make_libriphone_corpus
 
     corpus = make_libriphone_corpus(tmp_path / "pr")
     data = write_data(tmp_path / "data.yaml", {

@@ -1,4 +1,4 @@
-"""`s3prl-star score`: SUPERB_SPEC.md section 4's Overall and SUPERB score, partial scores, outputs.
+"""`s3prl-star score`: the Overall and SUPERB score of docs/superb.md, partial scores, outputs.
 
 - The formulas: 0 points at FBANK and 1000 at SOTA for every metric (either direction, QbE x 100);
   the HuBERT Base worked example reproduces (Overall 80.80, SUPERB score 941.0) through the CLI.

@@ -12,33 +12,14 @@ import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
+from helpers import frames_of, write_quesst_ground_truth, write_run
 from s3prl_star.superb.scorers import asv, diarization, qbe
 from s3prl_star.superb.scorers.diarization import Turn
 
 # --- QbE: QUESST 2014 ground truth and s3prl's score file -------------------------------------------
-
-
-def write_quesst_ground_truth(directory: Path, split: str, documents, queries, occurrences: dict):
-    """A QUESST 2014 ground-truth folder: ECF (documents), term list (queries) and LEXEME RTTM
-    (`occurrences` {query: [documents]}), named as the corpus names them (`groundtruth_quesst14_SPLIT/`)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ecf = ElementTree.Element("ecf", source_signal_duration="1.0", version="quesst14")
-    for document in documents:
-        ElementTree.SubElement(ecf, "excerpt", audio_filename=f"Audio/{document}.wav", channel="1", tbeg="0.000",
-                               dur="1.0", source_type="quesst14")
-    ElementTree.ElementTree(ecf).write(directory / "quesst14.ecf.xml", encoding="UTF-8")
-    tlist = ElementTree.Element("termlist", ecf_filename="quesst14.ecf.xml", language="multilingual", version="1")
-    for query in queries:
-        term = ElementTree.SubElement(tlist, "term", termid=query)
-        ElementTree.SubElement(term, "termtext").text = query
-    ElementTree.ElementTree(tlist).write(directory / f"quesst14_{split}.tlist.xml", encoding="UTF-8")
-    lines = [f"LEXEME {document} 1 0.50 0.40 {query} lex <NA> <NA>\n"
-             for query, found in occurrences.items() for document in found]
-    (directory / f"quesst14_{split}.rttm").write_text("".join(lines))
 
 
 def write_stdlist(path: Path, scores: dict):
@@ -220,33 +201,10 @@ def test_rttm_round_trip_and_a_clear_error_on_a_bad_line(tmp_path):
         diarization.read_rttm(tmp_path / "bad.rttm")
 
 
-FRAME_SHIFT = 320  # samples at 16 kHz: 20 ms frames, the star_hubert rate s3prl's expert stores
-
-
-def write_run(expdir: Path, predictions: dict, frame_shift: int = FRAME_SHIFT):
-    """An evaluated diarization expdir as s3prl's expert leaves it: `frame_shift` and
-    `scoring/predictions/REC.h5` with dataset `T_hat` (frames, speakers) probabilities."""
-    (expdir / "scoring" / "predictions").mkdir(parents=True)
-    (expdir / "frame_shift").write_text(f"{frame_shift}\n")
-    for recording, probabilities in predictions.items():
-        with h5py.File(expdir / "scoring" / "predictions" / f"{recording}.h5", "w") as file:
-            file.create_dataset("T_hat", data=probabilities)
-
-
 def reference_dir(path: Path, turns) -> Path:
     path.mkdir(parents=True)
     diarization.write_rttm(path / "rttm", turns)
     return path
-
-
-def frames_of(turns, frames: int, frame_shift: int = FRAME_SHIFT, high: float = 0.9, low: float = 0.1) -> np.ndarray:
-    """(frames, speakers) probabilities: `high` where each speaker (in order of first turn) talks, else `low`."""
-    speakers = list(dict.fromkeys(turn.speaker for turn in turns))
-    probabilities = np.full((frames, len(speakers)), low)
-    seconds = frame_shift / 16000
-    for turn in turns:
-        probabilities[round(turn.onset / seconds):round(turn.offset / seconds), speakers.index(turn.speaker)] = high
-    return probabilities
 
 
 def test_der_of_run_turns_predictions_into_rttm_at_the_stored_frame_shift(tmp_path):

@@ -1,7 +1,7 @@
 """The ten SUPERB recipes in downstream_recipes/: the paper's protocol, and s3prl can load each task.
 
 - Every recipe parses, enables the learning-rate scheduler (QbE trains nothing and has none) and
-  keeps s3prl's default learning rate, except SID at 10x (STAR_SPEC.md section 4).
+  keeps s3prl's default learning rate, except SID at 10x (docs/superb.md).
 - After `s3prl_star.integration.patches.apply()`, each task's s3prl expert module (`s3prl.downstream.<d>.expert`)
   imports in a fresh interpreter, i.e. its undeclared dependencies (the `superb` extra) are there.
 - PR and SF (`-d ctc`) train and evaluate in tests/test_superb_ctc.py (this project's corpus readers,
@@ -23,13 +23,12 @@ import pytest
 import soundfile as sf
 import yaml
 
-from helpers import RECIPES, printed_accuracy, run_downstream, train_args, train_then_evaluate
-from s3prl_star.mini_superb import corpus
-from s3prl_star.superb.scorers.asv import eer_of_output, eer_of_run
+from helpers import (CLI, FAST_RUNNER, RECIPES, frames_of, make_iemocap, make_speech_commands, printed_accuracy,
+                     run_downstream, train_then_evaluate, write_quesst_ground_truth, write_run)
+from s3prl_star.superb.scorers.asv import eer_of_output
 from s3prl_star.superb.scorers.diarization import der_of_run, read_rttm
 from s3prl_star.superb.scorers.qbe import best_layer_on_dev, mtwv_of_run, read_scores
 from s3prl_star.mini_superb.synthetic import SAMPLE_RATE, require_tools, make_sentence, synthesise
-from test_superb_scoring import frames_of, write_quesst_ground_truth, write_run
 
 # task -> (recipe folder, s3prl -d name, s3prl's default SUPERB learning rate)
 TASKS = {
@@ -109,15 +108,6 @@ def speak(path: Path, text: str, voice: str):
     return samples
 
 
-def make_speech_commands(root: Path) -> tuple:
-    """Speech Commands v0.01 layout (`s3prl_star.mini_superb.corpus.speech_commands`): train root (class folders of
-    2 training and 1 validation speaker, _background_noise_) and test root (another speaker, _silence_)."""
-    plan = corpus.speech_commands(root, ("yes", "no", "up", "down"), ("bed",), {"train": 2, "valid": 1, "test": 1},
-                                  seed=0, noise_seconds=2)
-    corpus.build([plan])
-    return plan.data["datarc.speech_commands_root"], plan.data["datarc.speech_commands_test_root"]
-
-
 @pytest.mark.slow
 def test_keyword_spotting_trains_then_evaluates(tmp_path, tiny_student_checkpoint, superb_metric):
     train_root, test_root = make_speech_commands(tmp_path / "speech_commands")
@@ -129,14 +119,6 @@ def test_keyword_spotting_trains_then_evaluates(tmp_path, tiny_student_checkpoin
     output = train_then_evaluate("speech_commands", tiny_student_checkpoint, tmp_path / "ks", overrides,
                                  train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
     superb_metric("KS_acc", 100 * printed_accuracy(output))
-
-
-def make_iemocap(root: Path) -> tuple:
-    """IEMOCAP wavs (`s3prl_star.mini_superb.corpus.iemocap`: 5 sessions x 2 speakers x 4 emotions) and the 5 folds'
-    metadata: (corpus root, metadata folder)."""
-    plan = corpus.iemocap(root, per_emotion=1, seed=0)
-    corpus.build([plan])
-    return plan.data["datarc.root"], plan.data["datarc.meta_data"]
 
 
 @pytest.mark.slow
@@ -156,7 +138,7 @@ QUESST_PHRASES = ("the red boat", "a quiet river", "the old lamp")
 
 def make_quesst14(root: Path) -> Path:
     """QUESST 2014 layout: Audio/ documents, dev_queries/ and eval_queries/, scoring/language_key_*.lst and the
-    ground truth scoring/groundtruth_quesst14_{dev,eval}/ (`test_superb_scoring.write_quesst_ground_truth`).
+    ground truth scoring/groundtruth_quesst14_{dev,eval}/ (`helpers.write_quesst_ground_truth`).
 
     English document i is a sentence around phrase i; its dev and eval queries are that phrase's own samples,
     so a working detector finds them. A Basque document and one Basque query per split are in the lists and
@@ -313,26 +295,34 @@ def s3prl_asv_cache_state():
 @pytest.mark.slow
 def test_speaker_verification_trains_on_any_device_then_ends_in_the_lowest_checkpoint_eer(tmp_path, tiny_student_checkpoint,
                                                                                           superb_metric):
-    """ASV with --device cpu (s3prl's expert calls .cuda() whatever --device says): train 4 steps saving
-    states-2 and states-4, evaluate each on the test trials, ASV_eer = the lowest EER (percent). The
-    silence-trimmed length cache is computed once, in the experiment (not in site-packages), and reused by
-    every checkpoint's evaluation."""
+    """ASV through `s3prl-star superb --device cpu` (s3prl's expert calls .cuda() whatever --device says):
+    train 4 steps saving states-2 and states-4, evaluate each on the test trials, ASV_eer = the lowest EER
+    (percent). The silence-trimmed length cache is computed once, in the experiment (not in site-packages),
+    and reused by every checkpoint's evaluation."""
     cache_before = s3prl_asv_cache_state()
     data = make_voxceleb1_verification(tmp_path / "VoxCeleb1")
-    overrides = ",,".join(f"config.downstream_expert.datarc.{key}={value}" for key, value in data.items())
-    overrides += (
-        ",,config.downstream_expert.datarc.vad_config.min_sec=8000,,"  # espeak utterances are short
-        "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=2,,"
-        "config.runner.save_step=2"
-    )
-    expdir = tmp_path / "asv"
-    training = run_downstream(train_args("sv_voxceleb1", tiny_student_checkpoint, expdir, overrides),
-                              r"^sv-voxceleb1/train-loss: [0-9.]+$")
-    assert "Preprocessing" in training and (expdir / ".wav_lengths" / "Voxceleb1_length.pt").is_file()
-    value, checkpoint = eer_of_run(expdir, "cpu")  # --device cpu, as the training (also where CUDA is)
+    overrides = ("config.downstream_expert.datarc.vad_config.min_sec=8000,,"  # espeak utterances are short
+                 "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.train_batch_size=2,,"
+                 "config.runner.save_step=2")
+    data_file = tmp_path / "data.yaml"
+    data_file.write_text(yaml.safe_dump({"overrides": FAST_RUNNER, "asv": {
+        **{f"datarc.{key}": str(value) for key, value in data.items()}, "overrides": overrides}}))
+    out = tmp_path / "superb"
+    result = subprocess.run([CLI, "superb", "-u", "star_hubert", "-k", str(tiny_student_checkpoint), "--data",
+                             str(data_file), "--tasks", "asv", "-o", str(out), "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    entry = json.loads((out / "results.json").read_text())["tasks"]["ASV"]
+    value = entry["metrics"]["ASV_eer"]
     superb_metric("ASV_eer", value)
-    logs = {name: (expdir / name / "log.txt").read_text() for name in ("states-2", "states-4")}
+    trial = out / "asv" / "lr0.0001"
+    training = (trial / "train.log").read_text() + (trial / "train.err").read_text()
+    assert "Preprocessing" in training and (trial / ".wav_lengths" / "Voxceleb1_length.pt").is_file()
+    logs = {name: (trial / name / "log.txt").read_text() + (trial / name / "log.err").read_text()
+            for name in ("states-2", "states-4")}
     assert not any("Preprocessing" in log for log in logs.values())
-    assert value == pytest.approx(100 * min(eer_of_output(log) for log in logs.values()))
-    assert value == pytest.approx(100 * eer_of_output(logs[checkpoint.stem])) and 0 <= value <= 100
+    eers = {name: 100 * eer_of_output(log) for name, log in logs.items()}
+    assert value == pytest.approx(min(eers.values())) and 0 <= value <= 100
+    best = min(eers, key=eers.get)
+    assert entry["chosen"] == f"asv/lr0.0001/{best}"
     assert s3prl_asv_cache_state() == cache_before

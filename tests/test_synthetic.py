@@ -1,19 +1,14 @@
 """The espeak-ng corpus: LibriSpeech layout, 16 kHz mono FLAC, matching transcripts, determinism."""
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import soundfile as sf
 
+from helpers import corpus_files
 from s3prl_star.mini_superb.synthetic import MissingToolError, make_librispeech, plan_corpus
 
 UTTERANCE = re.compile(r"(\d+)-(\d+)-(\d{4})")
-
-
-def corpus_files(root: Path) -> dict[str, bytes]:
-    return {path.relative_to(root).as_posix(): path.read_bytes()
-            for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def test_layout_audio_and_transcripts(mini_librispeech):

@@ -22,10 +22,9 @@ Two exact ways of computing a squared Frobenius distance of Gram matrices.
   Only the d x d products P^l = F^l^T F^l and C^l = F_T^l^T F_S^l appear (each shared by both
   losses), so memory does not depend on N. The expansion subtracts terms of the size of the Gram
   energy E = ||G_T||^2: the float32 value has an absolute error of about 1e-7 E, so its relative
-  error grows as the student approaches the teacher (measured, N = 1000: 5e-6 at loss/E = 1e-2,
-  1e-4 at 1e-4, 4e-2 at 1e-6). Gradients do not suffer the same way: there they stayed within 3x of
-  the gram path's error (4e-4 vs 1.3e-4 at loss/E = 1e-6). Keep float32 matmuls at "highest"
-  precision (torch's default); TF32's rounding is about 8000x coarser.
+  error grows as the student approaches the teacher; gradients suffer far less (bench/RESULTS.md
+  section 5). Keep float32 matmuls at "highest" precision (torch's default); TF32's rounding is
+  about 8000x coarser.
 - ``auto`` picks the one with fewer multiply-adds for the batch's shape:
   gram costs k N^2 (d_T + d_S) per layer (k = number of enabled Gram losses), channel
   N (d_T^2 + d_S^2 + d_T d_S); for d_T = 768, d_S = 432 and both losses channel wins for N > 462

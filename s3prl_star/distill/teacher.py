@@ -11,7 +11,7 @@ What s3prl's `hidden_states` are for these fairseq-style models (s3prl hooks the
   [0] = input of layer 1 = LayerNorm(x + pos_conv(x)), where x = post_extract_proj(LayerNorm(conv
   features)) with padded frames zeroed (dropout is off in eval); [l] = output of layer l for
   l = 1..L (the encoder adds nothing after the last layer). This is STaR's F^0..F^L
-  (STAR_SPEC.md section 2).
+  (docs/distillation.md).
 - pre-LN models (`layer_norm_first=True`, e.g. HuBERT Large, WavLM Large): [0] = x + pos_conv(x),
   with no LayerNorm (the encoder's LayerNorm comes after the last layer); [l] = output of layer l
   for l < L; [L] = encoder.layer_norm(output of layer L), the encoder output s3prl reports.

@@ -21,6 +21,7 @@ import yaml
 
 from s3prl_star import resources
 from s3prl_star.integration import patches, resume
+from s3prl_star.integration.argv import NoCudaError, check_device, flag_value
 from s3prl_star.integration.config_check import ConfigError, check_downstream_config, overrides_as_config
 from s3prl_star.integration.hub import register
 from s3prl_star.integration.patches import runner_checkpoints
@@ -84,7 +85,7 @@ def _with_shipped_recipe(argv: list[str], flags: argparse.Namespace) -> list[str
     config = Path(flags.config)
     shipped = resources.recipes() / flags.config / "config.yaml"
     if not config.is_file() and shipped.is_file():
-        index, prefix, _ = resume.flag_value(argv, ("-c", "--config"))
+        index, prefix, _ = flag_value(argv, ("-c", "--config"))
         argv[index] = prefix + str(shipped)
         config = shipped
     if not config.is_file():
@@ -92,7 +93,7 @@ def _with_shipped_recipe(argv: list[str], flags: argparse.Namespace) -> list[str
     assignments = shipped_file_assignments(yaml.safe_load(config.read_text()) or {})
     if not assignments:
         return argv
-    found = resume.flag_value(argv, ("-o", "--override"))
+    found = flag_value(argv, ("-o", "--override"))
     if found is None:
         return [*argv, "-o", ",,".join(assignments)]
     index, prefix, value = found
@@ -161,6 +162,12 @@ def main(argv: list[str]) -> int:
         return 2
     argv = _with_shipped_recipe(argv, _flags(argv))
     flags = _flags(argv)
+    try:
+        if not {"-h", "--help"} & set(argv):
+            check_device(argv, "s3prl-star downstream")
+    except NoCudaError as error:
+        print(error, file=sys.stderr)
+        return 2
     task, expdir = _task_and_expdir(flags)
     try:
         _check_config(flags, task)

@@ -1,7 +1,7 @@
 """The `star_hubert*` upstreams for s3prl: the expert, its entry functions, and `register()`.
 
 s3prl finds an upstream as a public callable on `s3prl.hub` and builds it with
-`Upstream(ckpt=-k, model_config=-g, refresh=-r)` (SUPERB_SPEC.md section 1). The entry names:
+`Upstream(ckpt=-k, model_config=-g, refresh=-r)` (docs/s3prl.md). The entry names:
 
 - `star_hubert_local`: `-k` is a local checkpoint: this project's distiller `states-*.ckpt`,
   a file written by `s3prl_star.model.checkpoint.save_student`, or a released STaRHuBERT Lightning
@@ -15,6 +15,7 @@ s3prl finds an upstream as a public callable on `s3prl.hub` and builds it with
 
 `upstream/star_hubert/{hubconf,expert}.py` re-export these in s3prl's layout for a linked checkout.
 """
+import importlib
 import os
 from typing import Dict, List, Optional
 
@@ -99,12 +100,11 @@ def register() -> None:
     """Set the entry functions on `s3prl.hub` (idempotent), after making s3prl importable here.
 
     s3prl has no plugin mechanism: its runners look names up on the `s3prl.hub` module, so a
-    process registers before the runner parses `-u`.
+    process registers before the runner parses `-u` (`s3prl_star.autoload` does it on import).
     """
     from s3prl_star.integration import patches
 
     patches.apply()
-    import s3prl.hub
-
+    hub = importlib.import_module("s3prl.hub")  # also while s3prl.hub is being imported (autoload)
     for name in ENTRY_NAMES:
-        setattr(s3prl.hub, name, globals()[name])
+        setattr(hub, name, globals()[name])

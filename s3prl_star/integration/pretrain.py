@@ -33,7 +33,9 @@ import torch
 
 from s3prl_star import resources
 from s3prl_star.integration import config_check, patches, resume
+from s3prl_star.integration.argv import NoCudaError, check_device, flag_value
 from s3prl_star.integration.patches import pretrain_runner
+from s3prl_star.model.checkpoint import read_checkpoint
 
 PATH_FLAGS = ("-e", "--past_exp", "-c", "--config", "-g", "--upstream_config", "-p", "--expdir")
 NAME_FLAGS = ("-n", "--expname")
@@ -105,6 +107,14 @@ def resolve_paths(argv: Sequence[str], cwd: Path) -> list[str]:
     return resolved
 
 
+def _resumed_device(argv: Sequence[str]) -> str | None:
+    """The device stored in the checkpoint `-e` resumes from (run_pretrain.py takes it over `--device`)."""
+    past = flag_value(argv, ("-e", "--past_exp"))
+    if past is None or not os.path.isfile(past[2]):
+        return None
+    return getattr(read_checkpoint(past[2]).get("Args"), "device", None)
+
+
 def main(argv: Sequence[str]) -> int:
     patches.apply()
     import s3prl
@@ -119,6 +129,12 @@ def main(argv: Sequence[str]) -> int:
         )
     except resume.ResumeError as error:
         print(f"s3prl-star pretrain: {error}", file=sys.stderr)
+        return 2
+    try:
+        if not {"-h", "--help"} & set(run_argv):
+            check_device(run_argv, "s3prl-star pretrain", stored=_resumed_device(run_argv))
+    except NoCudaError as error:
+        print(error, file=sys.stderr)
         return 2
 
     os.chdir(workdir)

@@ -13,6 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
+from s3prl_star.integration.argv import flag_value
+
 CHECKPOINT_PATTERN = "states-*.ckpt"
 # `write_atomically`'s temporary names for a `NAME.ckpt` target: `.NAME.ckpt.<random>.tmp`
 TEMPORARY_PATTERN = ".*.ckpt.*.tmp"
@@ -58,20 +60,6 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
-
-
-def flag_value(argv: Sequence[str], flags: tuple[str, ...]) -> tuple[int, str, str] | None:
-    """(index of the token holding the value, the text before the value in it, value) of the last of
-    `flags` in argv (`-f V` or `-f=V`), else None."""
-    found = None
-    for index, token in enumerate(argv):
-        flag, equals, value = token.partition("=")
-        if flag in flags:
-            if equals:
-                found = (index, flag + equals, value)
-            elif index + 1 < len(argv):
-                found = (index + 1, "", argv[index + 1])
-    return found
 
 
 def resume_argv(argv: Sequence[str], default_expdir: str, command: str, clean: bool = True) -> list[str]:

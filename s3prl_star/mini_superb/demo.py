@@ -23,23 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from s3prl_star import resources
+from s3prl_star import processes, resources
 
 TASKS = ("pr", "asr", "ks", "sid", "ic", "er")
-# The default: within the mini budget on 2 cores ASR and IC stay at their floor for every upstream
-# (FBANK ASR WER 100 after 200 steps; the teacher's IC 8 % of 30 intents after 400), and ER separates
-# nothing (every learned row 41-46 %, heads at 44 % training accuracy) while its 5 folds took 8 of the
-# teacher row's 18 min; `--tasks` runs them.
+# The default: within the mini budget ASR and IC stay at their floor for every upstream and ER separates
+# none, while its 5 folds cost much of a row's time (docs/mini_superb.md); `--tasks` runs them.
 DEFAULT_TASKS = ("pr", "ks", "sid")
 STUDENT_PRESET = "star_hubert_mini"
 
@@ -56,7 +51,7 @@ def star(layerwise: float, intra: float, attention: float) -> dict:
     """A STaR objective of the demo. Its Gram matrices are of l2-normalised frames (cosine similarities):
     the mini teacher (128 wide) and student (72 wide) are both post-LayerNorm, so their raw Gram entries
     differ by the width ratio, and in a few hundred steps the raw loss spent the student on matching that
-    scale (measured, 300 steps: KS 51 % raw, 75 % l2; PR dev PER 0.93 raw, 0.75 l2 at step 200)."""
+    scale (docs/mini_superb.md)."""
     return {"kind": "star", "layerwise_weight": layerwise, "intra_weight": intra, "attention_weight": attention,
             "normalize": "l2"}
 
@@ -71,46 +66,27 @@ BASELINES = (
 )
 
 
-def run(*args: str, log: Path | None = None, threads: int | None = None) -> str:
-    """One `s3prl-star` subcommand in a subprocess; returns its output. Without `log` the output is
-    shown as it comes; with it, appended to that file (a stage running beside another). `threads`:
-    the subprocess' OMP_NUM_THREADS (None: torch's default)."""
-    env = dict(os.environ, **({} if threads is None else {"OMP_NUM_THREADS": str(threads)}))
-    command = "$ s3prl-star " + " ".join(args)
-    print(("\n" if log is None else f"demo: [{log.stem}] ") + command, flush=True)
-    sink = sys.stdout.buffer if log is None else log.open("ab")
-    if log is not None:
-        sink.write(f"\n{command}\n".encode())
-    process = subprocess.Popen([sys.executable, "-m", "s3prl_star.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, env=env)
-    RUNNING.add(process)
-    output = bytearray()
+def run(*args: str, log: Path | None = None, threads: int | None = None, stdout: Path | None = None) -> None:
+    """One `s3prl-star` subcommand in a subprocess (`processes.run_cli`). Its output is shown as it comes,
+    or with `log` appended to that file (a stage running beside another); `stdout` (with `log`) keeps
+    stdout in a file of its own. `threads`: the subprocess' OMP_NUM_THREADS (None: torch's default).
+    A failure stops the demo (SystemExit), naming the log and quoting the error."""
+    print(("\n" if log is None else f"demo: [{log.stem}] ") + "$ s3prl-star " + " ".join(args), flush=True)
+    env = None if threads is None else {"OMP_NUM_THREADS": str(threads)}
     try:
-        while chunk := process.stdout.read1(4096):
-            sink.write(chunk)
-            sink.flush()
-            output += chunk
-        process.wait()
-    finally:
-        RUNNING.discard(process)
-        if log is not None:
-            sink.close()
-    if process.returncode != 0:
-        where = "" if log is None else f" (its output: {log})"
-        raise SystemExit(f"demo: `s3prl-star {args[0]}` failed with exit code {process.returncode}{where}; "
-                         "run the demo again to resume from the last finished step")
-    return output.decode(errors="replace")
-
-
-RUNNING: set[subprocess.Popen] = set()  # the stages' processes, stopped when another stage fails
+        if stdout is not None:
+            processes.run_cli(args, stdout=stdout, stderr=log, append=False, env=env)
+        else:
+            processes.run_cli(args, stdout=log, append=log is not None, env=env)
+    except processes.CommandFailed as error:
+        raise SystemExit(f"demo: {error}; run the demo again to resume from the last finished step") from None
 
 
 class Stages:
     """Stages run `jobs` at a time, each a function of its log file (OUT/logs/<name>.log) that runs
     subcommands with `run(..., log=log, threads=self.threads)`. On a CPU the cores are shared out, a
     thread per stage: single-threaded stages side by side get more done than one after the other with
-    every thread (an earlier revision's teacher pre-training and FBANK's row, on 2 cores: 9.3 min side
-    by side, 11.2 one after the other). Every 60 s the running stages' latest progress line is printed."""
+    every thread (docs/mini_superb.md). Every 60 s the running stages' latest progress line is printed."""
 
     def __init__(self, logs: Path, jobs: int, device: str):
         from concurrent.futures import ThreadPoolExecutor
@@ -150,8 +126,7 @@ class Stages:
         except BaseException:
             for future in pending:
                 future.cancel()
-            for process in list(RUNNING):
-                process.terminate()
+            processes.terminate_running()
             raise
         finally:
             self.pool.shutdown(wait=True)
@@ -159,13 +134,7 @@ class Stages:
 
 def last_progress(log: Path) -> str:
     """The last line (or tqdm update) written to `log`."""
-    if not log.exists():
-        return ""
-    with log.open("rb") as file:
-        file.seek(max(0, log.stat().st_size - 2000))
-        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", file.read().decode(errors="replace"))  # tqdm's cursor moves
-    pieces = [piece.strip() for piece in re.split(r"[\r\n]", text)]
-    return next((piece for piece in reversed(pieces) if piece), "")[-160:]
+    return processes.last_line(processes.tail(log, 2000))[-160:]
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -234,11 +203,11 @@ def distil(out: Path, name: str, objective: dict, teacher: Path, libri: Path, st
 
 def last_step_checkpoint(expdir: Path, steps: int) -> Path | None:
     """The checkpoint s3prl's runner saved after the last of `steps` steps (it names that one by epochs,
-    `states-epoch-N.ckpt`, so it is found by its `Step`, which counts from 0), or None."""
-    import torch
+    `states-epoch-N.ckpt`, so it is found by its `Step`, which counts from 0), or None. Read weights-only."""
+    from s3prl_star.model.checkpoint import read_checkpoint
 
     for path in sorted(expdir.glob("states-*.ckpt")):
-        if torch.load(path, map_location="cpu", weights_only=False).get("Step") == steps - 1:
+        if read_checkpoint(path).get("Step") == steps - 1:
             return path
     return None
 
@@ -352,8 +321,8 @@ def main(argv=None) -> int:
     rows = {label: [future.result() for future in row] for label, row in futures.items()}
 
     runs = [path for paths in rows.values() for path in paths]
-    table = run("score", *map(str, runs), "--md", "--plot", str(out / "score.png"), "--plot-metrics")
-    (out / "score.md").write_text(table)
+    run("score", *map(str, runs), "--md", "--plot", str(out / "score.png"), "--plot-metrics",
+        log=out / "logs" / "score.log", stdout=out / "score.md")
     summary = summarise(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     teacher_result = json.loads((out / "teacher" / "result.json").read_text())

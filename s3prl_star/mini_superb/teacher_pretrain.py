@@ -118,7 +118,7 @@ class MatmulLogitsHubert(HubertModel):
     """s3prl's HubertModel with `compute_nce` giving the same logits (to rounding) by a matrix product.
     Its negatives are every label embedding expanded along the frames, which the original concatenates
     into a (units + 1, frames, dim) tensor for `torch.cosine_similarity`: half of a training step on a
-    CPU (measured: 1.25 -> 0.6-0.7 s for 8 crops of 2.5 s, one thread). Same parameters, same checkpoint."""
+    CPU (docs/mini_superb.md). Same parameters, same checkpoint."""
 
     def compute_nce(self, x: Tensor, pos: Tensor, negs: Tensor) -> Tensor:
         if negs.dim() != 3 or negs.stride(1) != 0:  # not one embedding table expanded along the frames

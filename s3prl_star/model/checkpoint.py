@@ -24,7 +24,7 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
-    # safe_globals removes what it added on exit: add Namespace only if nobody (compat.apply) has
+    # safe_globals removes what it added on exit: add Namespace only if nobody (patches.apply) has
     allowed = [] if argparse.Namespace in torch.serialization.get_safe_globals() else [argparse.Namespace]
     allowed += [(ReleasedTrainingObject, f"s3prl.optimizers.{name}") for name in RELEASED_PICKLED_CLASSES]
     try:

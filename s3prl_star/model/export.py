@@ -108,7 +108,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--include-feature", action="store_true", help="also output the pre-transformer feature (first)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="int8: the linear layers' weights quantised by onnxruntime for faster CPU inference "
-                             "(s3prl_star.inference; --format onnx only)")
+                             "(s3prl_star.model.inference; --format onnx only)")
     args = parser.parse_args(argv)
     if args.precision == "int8" and args.format != "onnx":
         parser.error(f"--precision int8 needs --format onnx, found --format {args.format}")

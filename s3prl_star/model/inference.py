@@ -1,13 +1,11 @@
 """Fast CPU inference of the student for deployment: the exported graph run by onnxruntime, int8 optional.
 
-On the 2-core AVX-512 machines this project is measured on, PyTorch's own switches give the student
-nothing (bf16 autocast and bf16 weights are ten times slower, dynamic int8 of the linear layers 1.00x;
-../shared/ENVIRONMENT.md): the time goes to the conv extractor and small matrix products. onnxruntime
-runs the same graph (`s3prl_star.model.export`) with its fused kernels; `int8` also quantises the weights of
-every MatMul (the linear layers) to int8 (onnxruntime's dynamic quantisation: 7-bit weights per output
-channel, activations quantised per call). Conv layers stay float32: onnxruntime's ConvInteger made the
-whole model 2.4x slower than float32 (bench/inference_cpu_matmul_conv.txt). Speed and accuracy against s3prl's fp32 HubertModel: bench/bench_inference.py and
-bench/RESULTS.md.
+PyTorch's own CPU switches (bf16 autocast, bf16 weights, dynamic int8 of the linear layers) do not speed
+the student up: the time goes to the conv extractor and small matrix products. onnxruntime runs the same
+graph (`s3prl_star.model.export`) with its fused kernels; `int8` also quantises the weights of every
+MatMul (the linear layers) to int8 (onnxruntime's dynamic quantisation: 7-bit weights per output
+channel, activations quantised per call). Conv layers stay float32: onnxruntime's ConvInteger is slower
+than its float32 Conv. Measurements: bench/RESULTS.md section 1 (docs/export.md).
 
 Precisions: `fp32` (the graph as exported), `int8` (quantised). Both take and return float32.
 """

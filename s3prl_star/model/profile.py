@@ -1,4 +1,4 @@
-"""Parameters and MACs under the SUPERB challenge protocol (SUPERB_SPEC.md section 5).
+"""Parameters and MACs under the SUPERB challenge protocol (docs/superb.md, MACs).
 
 MACs are counted by `torch.utils.flop_counter` (MACs = FLOPs / 2 for matmul and convolution) on the
 meta device, so no arithmetic is done. Attention runs through the explicit path, whose QK^T and

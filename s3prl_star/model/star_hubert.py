@@ -71,7 +71,7 @@ class StarHubert(nn.Module):
 
         Zeroing first keeps what lies past `lengths` (noise, NaN) out of the valid frames; the padded
         length still reaches them through the first GroupNorm, which HuBERT takes over the whole
-        padded time axis (README: Padding). The checks are batched tensor ops: one device sync each
+        padded time axis (docs/student.md, Padding). The checks are batched tensor ops: one device sync each
         for lengths and finiteness; they are skipped while tracing (export) and on the meta device."""
         if waveforms.dim() != 2 or not waveforms.is_floating_point():
             raise ValueError(

@@ -1,4 +1,4 @@
-"""Read each SUPERB task's metric (SUPERB_SPEC.md section 4 keys) from what s3prl wrote for it.
+"""Read each SUPERB task's metric (the metric keys of docs/superb.md) from what s3prl wrote for it.
 
 The layout is the one `s3prl-star superb` writes under OUT (`task_dir`, `trial_dirs`, `fold_dir`,
 `qbe_dir`); the files in it are s3prl's own:
@@ -12,7 +12,7 @@ The layout is the one `s3prl-star superb` writes under OUT (`task_dir`, `trial_d
 - QbE and SD need the corpus to be scored (`s3prl_star.superb.scorers.qbe`, `.diarization`): the driver scores
   them and stores the scorer's value in `metric.json` beside s3prl's files.
 With `--lr-search`, a task has one trial folder per learning rate; the one with the best dev score wins.
-Values are returned in the section-4 units: percent, raw MTWV for QbE.
+Values are returned in the metric keys' units: percent, raw MTWV for QbE.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
-from s3prl_star.superb.tasks import ER_FOLDS, TASKS, Selection, Task
+from s3prl_star.superb.tasks import TASKS, Selection, Task
 
 TRAIN_LOG = "train.log"  # stdout of the `-m train` run(s), appended on resume
 TRAIN_DONE = "train.done"  # the training finished (a run without it is unfinished: not read)
@@ -38,7 +38,7 @@ class MissingOutput(FileNotFoundError):
 
 @dataclass
 class TaskResult:
-    """A task's metrics (section-4 keys) and how they were chosen."""
+    """A task's metrics (metric keys) and how they were chosen."""
 
     metrics: dict[str, float]
     chosen: str  # the run the metrics come from, relative to OUT
@@ -138,35 +138,28 @@ def read_metric_file(expdir: Path, key: str) -> float:
 # --- per task: test metrics of one trial, and its dev score ----------------------------------------
 
 def _evaluated(expdir: Path, task: Task) -> dict[str, float]:
-    """Section-4 metrics of a task scored by its test evaluation (PR, ASR, SF, SD)."""
+    """Section-4 metrics of a task scored by its test evaluation: the lines it printed, or its scorer's
+    values in `metric.json` (SD)."""
+    if task.scorer is not None:
+        return {key: read_metric_file(expdir, key) for key in task.metric_keys}
     log = expdir / EVALUATE_LOG
-    if task.name == "PR":
-        return {"PR_per": 100.0 * printed_metric(log, "test", "per")}
-    if task.name == "ASR":
-        return {"ASR_wer": printed_metric(log, task.test_split, "wer")}
-    if task.name == "SF":
-        return {"SF_f1": 100.0 * printed_metric(log, "test", "slot_type_f1"),
-                "SF_cer": 100.0 * printed_metric(log, "test", "slot_value_cer")}
-    if task.name == "SD":
-        return {"SD_der": read_metric_file(expdir, "SD_der")}
-    raise ValueError(f"{task.name} is not scored by a test evaluation")
+    return {metric.key: metric.scale * printed_metric(log, metric.split, metric.name) for metric in task.printed}
 
 
 def _asv_lowest(expdir: Path) -> tuple[dict[str, float], str]:
-    from s3prl_star.superb.scorers.asv import eer_of_output
+    from s3prl_star.superb.scorers.asv import lowest_eer
 
-    logs = sorted(expdir.glob("states-*/log.txt"), key=lambda path: int(path.parent.name.split("-")[-1]))
-    if not logs:
-        raise MissingOutput(f"{expdir}/states-*/log.txt: no checkpoint evaluation")
-    eers = {log.parent.name: eer_of_output(log.read_text(errors="replace")) for log in logs}
-    best = min(eers, key=eers.get)  # ties: the earlier checkpoint (dicts keep step order)
-    return {"ASV_eer": 100.0 * eers[best]}, best
+    try:
+        eer, checkpoint = lowest_eer(expdir)
+    except FileNotFoundError as error:
+        raise MissingOutput(str(error)) from None
+    return {"ASV_eer": eer}, checkpoint
 
 
 def trial_result(task: Task, trial: Path) -> TaskResult:
-    """The section-4 metrics of one trial (a training at one learning rate) of a task that trains."""
+    """The metrics of one trial (a training at one learning rate) of a task that trains."""
     name = f"{trial.parent.name}/{trial.name}"
-    expdirs = [fold_dir(trial, fold) for fold in ER_FOLDS] if task.selection is Selection.FOLDS else [trial]
+    expdirs = [fold_dir(trial, fold) for fold in task.folds] or [trial]
     unfinished = [str(expdir) for expdir in expdirs if not (expdir / TRAIN_DONE).is_file()]
     if unfinished:
         raise MissingOutput(f"training not finished in {', '.join(unfinished)} (no {TRAIN_DONE})")
@@ -177,7 +170,7 @@ def trial_result(task: Task, trial: Path) -> TaskResult:
         return TaskResult({task.metric_keys[0]: 100.0 * value}, name, notes)
     if task.selection is Selection.FOLDS:
         values, notes = [], []
-        for fold in ER_FOLDS:
+        for fold in task.folds:
             value, fold_notes = logged_test_at_dev_best(fold_dir(trial, fold))
             values.append(value)
             notes += fold_notes
@@ -196,29 +189,18 @@ def _notes_of(expdir: Path) -> list[str]:
     return path.read_text().splitlines() if path.is_file() else []
 
 
-# (pattern in train.log, higher is better): the dev score each `-m train` prints, the expert's criterion.
-PRINTED_DEV = {
-    "PR": (("dev", "per"), False),
-    "ASR": (("dev-clean", "wer"), False),
-    "SF": (("dev", "slot_type_f1"), True),
-}
-
-
 def dev_score(task: Task, trial: Path) -> tuple[float, bool] | None:
     """(the trial's best dev score, higher is better), what `--lr-search` compares; None when not logged."""
-    if task.name in PRINTED_DEV:
-        (split, name), higher = PRINTED_DEV[task.name]
-        values = printed_metrics(trial / TRAIN_LOG, split, name)
+    if task.dev_line is not None:
+        log = trial / TRAIN_LOG
+        values = task.dev_line.values(log.read_text(errors="replace")) if log.is_file() else []
+        higher = task.dev_line.higher_is_better
         return ((max if higher else min)(values), higher) if values else None
-    if task.name == "SD":
-        text = (trial / TRAIN_LOG).read_text() if (trial / TRAIN_LOG).is_file() else ""
-        values = [float(v) for v in re.findall(r"^mode dev acc (\S+) der \S+$", text, re.MULTILINE)]
-        return (max(values), True) if values else None
     if task.selection is Selection.LOGGED_AT_DEV_BEST:
         value = logged_dev_best(trial)
         return None if value is None else (value, True)
     if task.selection is Selection.FOLDS:
-        values = [logged_dev_best(fold_dir(trial, fold)) for fold in ER_FOLDS]
+        values = [logged_dev_best(fold_dir(trial, fold)) for fold in task.folds]
         return None if None in values else (mean(values), True)
     return None  # ASV: no dev set
 
@@ -238,7 +220,7 @@ def chosen_trial(task: Task, trials: list[Path]) -> tuple[Path, list[str]]:
 
 
 def read_task(out: Path, task: Task) -> TaskResult:
-    """A task's section-4 metrics from the outputs under OUT; MissingOutput when they are not there."""
+    """A task's metrics from the outputs under OUT; MissingOutput when they are not there."""
     if task.selection is Selection.LAYER_ON_DEV:
         folder = task_dir(out, task)
         values = json.loads(_read(folder / METRIC_FILE))

@@ -1,6 +1,6 @@
 """`s3prl-star score OUT|results.json... [--metrics FILE]`: the per-task table, Overall and SUPERB score.
 
-Formulas and reference points: SUPERB_SPEC.md section 4.
+Formulas and reference points: docs/superb.md (Scores).
 - Overall (the STaR paper's "Overall"): the mean of the 11 metric values after the error rates
   (PER, WER, EER, DER, SF-CER) become 100 - x and MTWV becomes 100 x MTWV.
 - SUPERB score (the leaderboard's "Score"): per metric 1000 (x - FBANK) / (SOTA - FBANK) on the raw
@@ -9,7 +9,7 @@ A model lacking a task gets no Overall and no SUPERB score (`null` in JSON): it 
 over the tasks it has, printed as partial with the missing tasks named.
 
 Inputs: an OUT folder of `s3prl-star superb` (its tasks' s3prl outputs are read anew, see
-`s3prl_star.superb.results`), its `results.json`, or with `--metrics` a JSON object of section-4 keys
+`s3prl_star.superb.results`), its `results.json`, or with `--metrics` a JSON object of metric keys
 (e.g. published numbers). Several inputs are compared side by side; the label of each is its folder
 name (OUT, or the folder of results.json) or the `--metrics` file's `name` key, else its stem.
 """
@@ -27,7 +27,7 @@ from statistics import mean
 
 from s3prl_star.superb.tasks import METRIC_KEYS, TASKS, task_of_metric
 
-# SUPERB_SPEC.md section 4: [FBANK, SOTA] per metric, QbE as MTWV x 100.
+# The SUPERB leaderboard's [FBANK, SOTA] per metric, QbE as MTWV x 100 (docs/superb.md).
 REFERENCE_POINTS = {
     "PR_per": (82.01, 3.53),
     "KS_acc": (41.3826674, 96.66),
@@ -129,7 +129,7 @@ def _load_json(path: Path) -> dict:
 
 
 def from_metrics_file(path: Path) -> ModelScore:
-    """A `--metrics` JSON object: section-4 keys, and optionally `name` (the label)."""
+    """A `--metrics` JSON object: metric keys (docs/superb.md), and optionally `name` (the label)."""
     data = _load_json(path)
     label = data.pop("name", path.stem)
     return score_model(str(label), check_metrics(data, str(path)))
@@ -298,7 +298,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="s3prl-star score", description=__doc__.split("\n")[0])
     parser.add_argument("inputs", nargs="*", type=Path, help="OUT folders of `s3prl-star superb`, or their results.json")
     parser.add_argument("--metrics", action="append", type=Path, default=[], metavar="FILE",
-                        help="a JSON object of SUPERB_SPEC section-4 metric keys (repeatable)")
+                        help="a JSON object of SUPERB metric keys, e.g. {\"ASR_wer\": 6.42} (docs/superb.md; repeatable)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON instead of the table")
     output.add_argument("--md", action="store_true", help="print a Markdown table")

@@ -14,21 +14,7 @@ import zipfile
 from pathlib import Path
 
 from s3prl_star.superb import results
-from s3prl_star.superb.tasks import ER_FOLDS, TASKS, Selection
-
-# task -> [(file under the chosen run, folder under predict/, name there)], as submit.py copies them.
-FILES = {
-    "PR": [("test-hyp.ark", "pr_public", "predict.ark")],
-    "ASR": [("test-clean-noLM-hyp.ark", "asr_public", "predict.ark")],
-    "KS": [("test_predict.txt", "ks_public", "predict.txt")],
-    "SID": [("test_predict.txt", "sid_public", "predict.txt")],
-    "IC": [("test_predict.csv", "ic_public", "predict.csv")],
-    "SF": [("test-hyp.ark", "sf_public", "predict.ark")],
-    "ASV": [("test_predict.txt", "sv_public", "predict.txt")],
-    "QbE": [("benchmark.stdlist.xml", "qbe_public", "benchmark.stdlist.xml")],
-    "ER": [(f"{fold}/test_{fold}_predict.txt", f"er_{fold}_public", "predict.txt") for fold in ER_FOLDS],
-}
-ASR_WITH_LM = ("test-clean-LM-hyp.ark", "asr_lm_public", "predict.ark")  # only when decoded with an LM
+from s3prl_star.superb.tasks import TASKS, Selection, Task
 
 
 def gather(out: Path, directory: Path) -> list[str]:
@@ -50,7 +36,7 @@ def gather(out: Path, directory: Path) -> list[str]:
             lines.append(f"submission: {task.name} not included: the dev-best checkpoint of {', '.join(unevaluated)} "
                          f"has no test evaluation (run `s3prl-star superb --tasks {task.key} --submission DIR` again)")
             continue
-        copied = _copy_task(task.name, run, predict)
+        copied = _copy_task(task, run, predict)
         lines.append(f"submission: {task.name} " + (f"included ({', '.join(copied)})" if copied else
                                                    f"not included: no prediction file in {run}"))
     _zip(predict, directory / "predict.zip")
@@ -58,31 +44,28 @@ def gather(out: Path, directory: Path) -> list[str]:
     return lines
 
 
-def _logged_runs(task, run: Path) -> list[Path]:
+def _logged_runs(task: Task, run: Path) -> list[Path]:
     """The runs whose test prediction file the training left at its last evaluation, not at dev-best:
     they need the driver's dev-best evaluation first (`EVALUATE_DONE`)."""
     if task.selection is Selection.LOGGED_AT_DEV_BEST:
         return [run]
-    return [results.fold_dir(run, fold) for fold in ER_FOLDS] if task.selection is Selection.FOLDS else []
+    return [results.fold_dir(run, fold) for fold in task.folds]
 
 
-def _copy_task(name: str, run: Path, predict: Path) -> list[str]:
-    if name == "SD":
-        source = run / "scoring" / "predictions"
-        if not source.is_dir():
-            return []
-        shutil.copytree(source, predict / "sd_public" / "scoring" / "predictions")
-        if (run / "frame_shift").is_file():
-            shutil.copyfile(run / "frame_shift", predict / "sd_public" / "frame_shift")
-        return ["sd_public"]
-    files = FILES[name] + ([ASR_WITH_LM] if name == "ASR" and (run / ASR_WITH_LM[0]).is_file() else [])
-    copied = []
-    for source, folder, target in files:
-        if (run / source).is_file():
-            (predict / folder).mkdir(exist_ok=True)
-            shutil.copyfile(run / source, predict / folder / target)
-            copied.append(folder)
-    return copied
+def _copy_task(task: Task, run: Path, predict: Path) -> list[str]:
+    """Copy the task's prediction files and folders present in `run` (none when no required one is);
+    returns the folders written under `predict`."""
+    present = [prediction for prediction in task.predictions if (run / prediction.source).exists()]
+    if all(prediction.optional for prediction in present):
+        return []
+    for prediction in present:
+        source, target = run / prediction.source, predict / prediction.folder / prediction.target
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    return list(dict.fromkeys(prediction.folder for prediction in present))
 
 
 def _zip(folder: Path, path: Path) -> None:
