@@ -44,12 +44,14 @@ EDITABLE_CONFIGS = (
     (pretrain_plugin, "config_model.yaml"),
     (pretrain_plugin, "config_runner.yaml"),
     (pretrain_plugin, "config_runner_960h.yaml"),
+    (pretrain_plugin, "distill.sbatch"),
     (recipes, "data.yaml"),
 )
 
 
 def main(argv: list[str]) -> int:
-    """`s3prl-star configs DIR`: copies of the shipped distiller configs and the DATA.yaml template, to edit."""
+    """`s3prl-star configs DIR`: copies of the shipped distiller configs, its SLURM script and the DATA.yaml
+    template, to edit."""
     import argparse
     import shutil
     import sys

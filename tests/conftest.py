@@ -81,3 +81,23 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("SUPERB metrics measured by the task tests (tiny random student, generated data)")
         for key, value, nodeid in sorted(MEASURED_METRICS):
             terminalreporter.write_line(f"{key:<9} {value:9.3f}  {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A single-node SLURM on this machine, started by the project's own `scripts/local_slurm.sh` (which
+    installs slurm-wlm and munge with apt-get when missing) and stopped by PID at the end: the environment
+    variables its clients need (`SLURM_CONF`). Skipped, saying why, where it cannot start (no root)."""
+    import os
+    import subprocess
+
+    from helpers import REPO
+
+    folder = tmp_path_factory.mktemp("slurm")
+    script = REPO / "scripts" / "local_slurm.sh"
+    started = subprocess.run([str(script), "start", str(folder)], capture_output=True, text=True, timeout=600)
+    if started.returncode == 3:
+        pytest.skip(f"no SLURM cluster here: {started.stderr.strip()}")
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
+    subprocess.run([str(script), "stop", str(folder)], capture_output=True, text=True, timeout=120)

@@ -326,6 +326,32 @@ def printed_metric(output: str, line: str) -> float:
     return float(re.search(rf"^{re.escape(line)}: (\S+)$", output, re.MULTILINE).group(1))
 
 
+# --- `s3prl-star superb`, the suite driver, as a user runs it -------------------------------------------
+
+# Every task: 4 steps, dev (and test) evaluated and a checkpoint saved every 2 steps.
+QUICK = ("config.runner.total_steps=4,,config.runner.log_step=2,,config.runner.eval_step=2,,"
+         "config.runner.save_step=2,,config.runner.gradient_accumulate_steps=1")
+
+
+def superb(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """`s3prl-star superb ARGS` on the CPU from a folder of no importance to it (not the source tree)."""
+    return subprocess.run([CLI, "superb", "--device", "cpu", "--progress-every", "0", *args], cwd=tempfile.gettempdir(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_data(path: Path, entries: dict) -> Path:
+    """A DATA.yaml of `entries` ({task key: its data keys and overrides}) with QUICK for every task."""
+    path.write_text(yaml.safe_dump({"overrides": QUICK, **entries}))
+    return path
+
+
+def speech_commands_entry(root: Path) -> dict:
+    """The DATA.yaml `ks` entry of a make_speech_commands corpus under `root`, batches of 4, no workers."""
+    train_root, test_root = make_speech_commands(root)
+    return {"datarc.speech_commands_root": str(train_root), "datarc.speech_commands_test_root": str(test_root),
+            "overrides": "config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.batch_size=4"}
+
+
 # --- generated SUPERB corpora in each task's layout (`s3prl_star.mini_superb.corpus` plans) -------------
 # (tests/test_superb_driver.py runs the driver on the task tests' corpora)
 
@@ -460,6 +486,30 @@ def read_only_folder(path: Path):
         path.chmod(0o755)
 
 
+@contextlib.contextmanager
+def read_only_tree(path: Path):
+    """`path` (an existing folder and what it holds) made read-only for the duration: a read-only bind
+    mount on itself for root (writes fail with EROFS), else every folder in it mode 0555."""
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot bind-mount on this machine: {mounted.stderr.strip()}")
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True, capture_output=True)
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+        return
+    folders = [path, *(folder for folder in path.rglob("*") if folder.is_dir() and not folder.is_symlink())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        yield path
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+
+
 def kill_while_writing(process: subprocess.Popen, folder: Path, temporary: str, complete: str,
                        timeout: float = 300) -> Path:
     """SIGKILL `process` as soon as a file matching `temporary` appears in `folder` while one matching
@@ -478,6 +528,16 @@ def kill_while_writing(process: subprocess.Popen, folder: Path, temporary: str, 
         time.sleep(0.001)
     process.kill()
     raise AssertionError(f"no {temporary} in {folder} after {timeout} s")
+
+
+def fill_up(folder: Path) -> None:
+    """Write `folder/filler` until its file system is full (a small tmpfs: a disk full from now on)."""
+    with open(folder / "filler", "wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError:
+            pass
 
 
 def truncate_to_half(path: Path) -> None:

@@ -17,36 +17,19 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 import editdistance
 import pytest
-import yaml
 
-from helpers import CLI, RECIPES, scalars
+from helpers import CLI, RECIPES, scalars, superb, write_data
 from s3prl_star.superb.tasks import TASKS
-
-# Every task: 4 steps, dev (and test) evaluated and a checkpoint saved every 2 steps.
-QUICK = ("config.runner.total_steps=4,,config.runner.log_step=2,,config.runner.eval_step=2,,"
-         "config.runner.save_step=2,,config.runner.gradient_accumulate_steps=1")
-
-
-def superb(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    """`s3prl-star superb ARGS` from a folder of no importance to it (not the source tree)."""
-    return subprocess.run([CLI, "superb", "--device", "cpu", "--progress-every", "0", *args], cwd=tempfile.gettempdir(),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def score(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, "score", *args], capture_output=True, text=True, timeout=120)
-
-
-def write_data(path: Path, entries: dict) -> Path:
-    path.write_text(yaml.safe_dump({"overrides": QUICK, **entries}))
-    return path
 
 
 # --- fast ----------------------------------------------------------------------------------------
@@ -73,6 +56,21 @@ def test_bad_data_file_is_refused_naming_the_key(tmp_path, content, expected):
     data.write_text(content)
     result = superb("-u", "fbank", "--data", str(data), "-o", str(tmp_path / "out"))
     assert result.returncode == 2 and expected in result.stderr and str(data) in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("folder", "a folder; expected a DATA.yaml file"),
+    ("binary", "not UTF-8 text (byte 0xff at offset 2); expected a DATA.yaml file"),
+])
+def test_data_file_that_is_a_folder_or_binary_is_refused(tmp_path, kind, expected):
+    data = tmp_path / "data.yaml"
+    if kind == "folder":
+        data.mkdir()
+    else:
+        data.write_bytes(b"ks\xff\x00\x01 checkpoint bytes")
+    result = superb("-u", "fbank", "--data", str(data), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and f"s3prl-star superb: {data}: {expected}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_unknown_task_is_refused(tmp_path):

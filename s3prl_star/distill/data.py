@@ -40,6 +40,10 @@ CSV_HEADER = ["", "file_path", "length", "label"]
 TAIL_FRAMES = 1600
 VERIFY_MODES = ("full", "quick")
 DECODE_BLOCK = 1 << 16  # frames per block when decoding a whole file
+# The shortest utterance a model can take: one frame's receptive field, 400 samples = 25 ms, for HuBERT's
+# conv stack and every student preset's (`StarHubert.receptive_field`). A shorter file would pass into
+# the length CSV and stop distillation (or ASR) when its batch comes, naming no file.
+MIN_SAMPLES = 400
 
 
 class CorpusError(ValueError):
@@ -80,6 +84,9 @@ def check_audio(path: Path, verify: str = "full") -> tuple[int, str | None]:
         return 0, f"{info.channels} channels; expected mono"
     if info.frames <= 0:
         return 0, "no samples; expected 16 kHz mono speech"
+    if info.frames < MIN_SAMPLES:
+        return 0, (f"{info.frames} samples ({1000 * info.frames / SAMPLE_RATE:.1f} ms); expected at least "
+                   f"{MIN_SAMPLES} ({1000 * MIN_SAMPLES / SAMPLE_RATE:.0f} ms, one frame's receptive field)")
     start = 0 if verify == "full" else max(0, info.frames - TAIL_FRAMES)
     try:
         decoded = sum(len(block) for block in sf.blocks(path, blocksize=DECODE_BLOCK, dtype="int16", start=start))
@@ -93,9 +100,11 @@ def check_audio(path: Path, verify: str = "full") -> tuple[int, str | None]:
     return info.frames, None
 
 
-def read_transcripts(split_dir: Path) -> tuple[dict[str, tuple[str, Path]], list[BadFile]]:
-    """{utt-id: (transcript, .trans.txt path)} of a split, and malformed transcript files/lines."""
-    transcripts: dict[str, tuple[str, Path]] = {}
+def read_transcripts(split_dir: Path) -> tuple[dict[str, tuple[str | None, Path]], list[BadFile]]:
+    """{utt-id: (transcript, .trans.txt path)} of a split, and malformed transcript files/lines. An
+    utterance id on a second line is one, and its transcript is None: which line is right cannot be told."""
+    transcripts: dict[str, tuple[str | None, Path]] = {}
+    first_lines: dict[str, int] = {}
     bad = []
     for path in sorted(split_dir.rglob("*.trans.txt")):
         parts = path.relative_to(split_dir).parts
@@ -116,7 +125,14 @@ def read_transcripts(split_dir: Path) -> tuple[dict[str, tuple[str, Path]], list
                 bad.append(BadFile(path, f"line {number} {line!r}; expected "
                                          f"'{parts[0]}-{parts[1]}-<n> TRANSCRIPT'"))
                 continue
+            if utterance_id in transcripts:
+                first = first_lines[utterance_id]
+                bad.append(BadFile(path, f"line {number}: {utterance_id} again (first on line {first}); "
+                                         "expected one line per utterance"))
+                transcripts[utterance_id] = (None, path)
+                continue
             transcripts[utterance_id] = (text.strip(), path)
+            first_lines[utterance_id] = number
     return transcripts, bad
 
 
@@ -141,6 +157,8 @@ def scan_split(root: Path, split: str, verify: str = "full") -> tuple[list[Utter
             bad.append(BadFile(path, f"no line for {path.stem} in "
                                      f"{path.parent / (parts[0] + '-' + parts[1] + '.trans.txt')}"))
             continue
+        if transcripts[path.stem][0] is None:
+            continue  # its id is on two transcript lines: reported by read_transcripts
         length, problem = check_audio(path, verify)
         if problem is not None:
             bad.append(BadFile(path, problem))
@@ -227,7 +245,7 @@ def load_length_csvs(csv_paths: Sequence[str | os.PathLike], root: str | os.Path
     STaR distils whole utterances. Paths are `root/file_path`, as s3prl's readers join them.
     """
     root = os.path.abspath(root)
-    items = []
+    items, short = [], []
     for csv_path in csv_paths:
         with open(csv_path, newline="") as file:
             rows = csv.reader(file)
@@ -239,7 +257,14 @@ def load_length_csvs(csv_paths: Sequence[str | os.PathLike], root: str | os.Path
                 if len(row) != len(CSV_HEADER) or not row[1] or not row[2].isdigit() or int(row[2]) == 0:
                     raise ValueError(f"{csv_path}: line {number} {row!r}; expected "
                                      "'index,<split>/<spk>/<chapter>/<utt>.flac,<samples > 0>,<label>'")
+                if int(row[2]) < MIN_SAMPLES:
+                    short.append(f"{csv_path} line {number}: {row[1]} ({row[2]} samples)")
                 items.append((os.path.join(root, row[1]), int(row[2])))
+    if short:
+        raise ValueError(f"{len(short)} utterance(s) shorter than {MIN_SAMPLES} samples (one frame's receptive field, "
+                         f"{1000 * MIN_SAMPLES / SAMPLE_RATE:.0f} ms), which no model can take: "
+                         + "; ".join(short[:5]) + ("; ..." if len(short) > 5 else "")
+                         + " (`s3prl-star prepare-librispeech --skip-bad` writes CSVs without them)")
     missing = [path for path, _ in items if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} audio file(s) listed in {[str(p) for p in csv_paths]} "

@@ -45,6 +45,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from s3prl_star.model.checkpoint import CheckpointError
 from s3prl_star.model.star_hubert import StarHubertOutput
 from s3prl_star.model.components import conv_output_lengths
 
@@ -212,15 +213,16 @@ class Teacher(nn.Module):
 
 
 def _load_upstream(entry, name: str, options: dict) -> nn.Module:
-    """`entry(**options)`, with an unreadable local `ckpt` reported by its path (torch's weights-only
-    error names no file; `from_s3prl` reports a missing one, where s3prl asserts without a message)."""
+    """`entry(**options)`, with an unreadable or refused local `ckpt` reported by its path as a
+    CheckpointError (torch's weights-only error names no file; `from_s3prl` reports a missing one, where
+    s3prl asserts without a message)."""
     ckpt = options.get("ckpt")
     try:
         return entry(**options)
     except Exception as error:
         if ckpt is None or "://" in str(ckpt):
             raise
-        raise ValueError(
+        raise CheckpointError(
             f"teacher checkpoint {ckpt}: s3prl's {name} cannot load it ({_load_failure(error)}); expected a "
             f"checkpoint in the format {name} reads, e.g. fairseq's HuBERT converted for s3prl"
         ) from None  # torch's own message would advise unsafe loading

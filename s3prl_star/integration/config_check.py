@@ -10,9 +10,18 @@ found and what is allowed:
   schema of its task, derived from the shipped recipes (`downstream_schema`).
 The optimizer and scheduler sections are checked against the signatures of the s3prl functions
 they name (`optimizers.get_<name>`, `schedulers.get_<name>`), which receive their keys.
+
+`check_override` is the one check every `-o` string passes before s3prl sees it (`s3prl-star
+downstream`, `pretrain`, and DATA.yaml's `overrides` in `s3prl-star superb`): s3prl's
+`utility.helper.override` passes each value to `eval`, so a value must be data, never code
+(`evaluated_keys` checks the config values s3prl's experts evaluate later).
 """
 from __future__ import annotations
 
+import ast
+import builtins
+import copy
+import functools
 import importlib
 import inspect
 import re
@@ -254,23 +263,100 @@ def _check_partial_optimizer_and_scheduler(config: dict, task: str, source: str)
     check_optimizer_and_scheduler(merged, source)
 
 
+OVERRIDE_EXPECTED = ("expected a Python literal (a number, True/False/None, 'quoted text', a list or dict of "
+                     "them) or a plain path")
+
+
+@functools.lru_cache(maxsize=1)
+def names_s3prl_override_resolves() -> frozenset[str]:
+    """The bare names `eval` resolves inside s3prl's `utility.helper.override` (run_pretrain.py imports the
+    same file as `utility.helper`): the builtins, the module's globals and the function's own locals
+    (`args`, `config`, the loop variables). Any other bare name raises NameError there, and s3prl keeps
+    the text as a string."""
+    from s3prl.utility import helper
+
+    return frozenset(dir(builtins)) | frozenset(vars(helper)) | frozenset(helper.override.__code__.co_varnames)
+
+
+def literal_or_text(text: str) -> tuple[bool, Any]:
+    """(True, the value s3prl's `override` gives `text`) when evaluating it runs no code: a Python literal;
+    text that does not compile as an expression (a path such as /data/LibriSpeech: s3prl keeps the text);
+    a bare name eval cannot resolve (`fold1`: the text). (False, None) for anything else: calls,
+    attributes, operators, subscripts, lambdas, names that resolve."""
+    try:
+        return True, ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # eval cannot compile it either
+        return True, text
+    if isinstance(tree.body, ast.Name) and tree.body.id not in names_s3prl_override_resolves():
+        return True, text
+    return False, None
+
+
+def split_override(text: str, source: str) -> list[tuple[list[str], str]]:
+    """The assignments of an s3prl `-o` string as ([first field, *fields], value text), split as s3prl's
+    `override` splits them (',,' between assignments, one '=' in each, both sides stripped); ConfigError
+    for an assignment s3prl would reject or silently ignore (no '=', a key not under `args.` / `config.`)."""
+    assignments = []
+    for option in text.split(",,"):
+        option = option.strip()
+        parts = option.split("=")
+        if len(parts) != 2:
+            raise ConfigError(f"{source}: {option!r}: expected one KEY=VALUE assignment (assignments are "
+                              "separated by ',,'; a value holding '=' cannot pass through s3prl's -o)")
+        key, value = parts[0].strip(), parts[1].strip()
+        fields = key.split(".")
+        if fields[0] not in ("args", "config") or len(fields) < 2 or fields[0] == "args" and len(fields) != 2:
+            raise ConfigError(f"{source}: {option!r}: expected a key config.SECTION.KEY... or args.NAME "
+                              "(s3prl ignores any other key)")
+        assignments.append((fields, value))
+    return assignments
+
+
+def check_override(text: str | None, source: str) -> None:
+    """An s3prl `-o` string is data: every value a literal, a plain path or an unresolvable bare name, so
+    s3prl's `eval` of it runs nothing. ConfigError naming the assignment otherwise. `None` / "none" (any
+    case) is what s3prl skips."""
+    if text is None or text.lower() == "none":
+        return
+    for fields, value in split_override(text, source):
+        if not literal_or_text(value)[0]:
+            raise ConfigError(f"{source}: {'.'.join(fields)}={value}: s3prl evaluates -o values as Python, and "
+                              f"this is code; {OVERRIDE_EXPECTED}: quote it as {value!r} to pass a string")
+
+
+def override_assignments(text: str | None, source: str = "-o") -> list[tuple[list[str], Any]]:
+    """The assignments of an s3prl `-o` string, checked by `check_override`, as ([first field, *fields],
+    the value s3prl gives it); none for `None` / "none"."""
+    check_override(text, source)
+    if text is None or text.lower() == "none":
+        return []
+    return [(fields, literal_or_text(value)[1]) for fields, value in split_override(text, source)]
+
+
+def apply_override(args: dict, config: dict, text: str | None, source: str = "-o") -> tuple[dict, dict]:
+    """Copies of `args` and `config` with the `-o` string's assignments made as s3prl's `override` makes
+    them, in order: `args.NAME` sets an argument, `config.A.B` creates the missing sections and sets
+    the leaf (a mapping value replaces the section, it is not merged)."""
+    args, config = dict(args), copy.deepcopy(config)
+    for (first, *fields), value in override_assignments(text, source):
+        if first == "args":
+            args[fields[0]] = value
+            continue
+        node = config
+        for index, field in enumerate(fields[:-1]):
+            node = node.setdefault(field, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: config.{'.'.join(fields)}: config.{'.'.join(fields[:index + 1])} "
+                                  f"is {node!r}, not a section")
+        node[fields[-1]] = value
+    return args, config
+
+
 def overrides_as_config(override: str) -> dict:
     """The `config.*` part of an s3prl `-o` string as a nested dict, values parsed as s3prl's
-    `utility.helper.override` does (a Python literal when it parses, else the text)."""
-    import ast
-
-    config: dict = {}
-    for option in override.split(",,"):
-        key, _, text = option.strip().partition("=")
-        first, *fields = key.strip().split(".")
-        if first != "config" or not fields:
-            continue
-        try:
-            value = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            value = text.strip()
-        node = config
-        for field in fields[:-1]:
-            node = node.setdefault(field, {})
-        node[fields[-1]] = value
-    return config
+    `utility.helper.override` does (after `check_override`)."""
+    return apply_override({}, {}, override)[1]

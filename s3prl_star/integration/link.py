@@ -46,6 +46,33 @@ class NotImportedError(RuntimeError):
     """The linked checkout is not the `s3prl` that this Python imports."""
 
 
+class NotWritableError(PermissionError):
+    """A folder link-s3prl must change cannot be written (read-only file system, no permission)."""
+
+
+def require_writable(folders: List[Path]) -> None:
+    """NotWritableError naming the first of `folders` this process cannot create files in, before
+    anything is changed: a read-only checkout (EROFS) is refused whole, never left half linked."""
+    for folder in dict.fromkeys(folders):
+        if not os.access(folder, os.W_OK):
+            reason = "read-only file system" if _read_only_mount(folder) else "no write permission"
+            raise NotWritableError(
+                f"{folder}: cannot write ({reason}); link-s3prl adds links and blocks in the checkout and a .pth file "
+                "in site-packages: make them writable, or link a writable clone of the checkout"
+            )
+
+
+def _read_only_mount(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _has_block(path: Path, block: str) -> bool:
+    return block in path.read_bytes().decode("utf-8")
+
+
 @dataclass(frozen=True)
 class Link:
     path: Path  # inside the checkout
@@ -131,6 +158,10 @@ def link(checkout: Path) -> List[str]:
     if pth.exists() and pth.read_text() != pth_text:
         raise FileExistsError(f"{pth} links another s3prl checkout ({pth.read_text().splitlines()[-1]}); "
                               "undo that link first (s3prl-star link-s3prl --undo OTHER_CHECKOUT)")
+    require_writable([item.path.parent for item in links if not os.path.lexists(item.path)]
+                     + [(package / relative).parent for relative, block in BLOCKS.items()
+                        if not _has_block(package / relative, block)]
+                     + ([] if pth.exists() else [pth.parent]))
     changed = []
     for item in links:
         if not os.path.lexists(item.path):
@@ -157,6 +188,12 @@ def undo(checkout: Path) -> List[str]:
     """Remove the links, the blocks and the .pth file `link` added; returns what changed."""
     checkout = checkout.resolve()
     package = find_package(checkout)
+    pth = path_file()
+    ours = pth.exists() and pth.read_text() == path_file_text(checkout)
+    require_writable([item.path.parent for item in plugin_links(package) if item.path.is_symlink()]
+                     + [(package / relative).parent for relative, block in BLOCKS.items()
+                        if _has_block(package / relative, block)]
+                     + ([pth.parent] if ours else []))
     changed = []
     for item in plugin_links(package):
         if item.path.is_symlink():
@@ -167,8 +204,7 @@ def undo(checkout: Path) -> List[str]:
     for relative, block in BLOCKS.items():
         if remove_block(package / relative, block):
             changed.append(f"removed the s3prl-star block from {package / relative}")
-    pth = path_file()
-    if pth.exists() and pth.read_text() == path_file_text(checkout):
+    if ours:
         pth.unlink()
         changed.append(f"removed {pth}")
     return changed
@@ -183,6 +219,9 @@ def main(argv: Optional[list] = None) -> int:
         changed = (undo if args.undo else link)(args.checkout)
     except (FileNotFoundError, FileExistsError, ValueError, NotImportedError, PermissionError) as error:
         print(f"s3prl-star link-s3prl: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a write refused after the checks (the file system changed under us)
+        print(f"s3prl-star link-s3prl: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
         return 1
     for line in changed or ["nothing to do"]:
         print(line)

@@ -14,12 +14,20 @@ s3prl's `run_pretrain.py` and `pretrain/runner.py` import top-level modules (`pr
   verified checkpoints, old ones deleted only after the new one is complete); `-a` resumes from the
   newest readable checkpoint (`resume`).
 
+Inputs that s3prl would evaluate as code are checked first (docs/faults.md, "Files and configs are
+data"): the `-o` string and, resuming (`-e`, `-a`), the `-o` string stored in the checkpoint's `Args`
+(run_pretrain.py takes the stored arguments over the command line's), every value data
+(`config_check.check_override`); the `-c` runner yaml plain yaml (s3prl reads it with yaml's
+FullLoader). The checkpoint is read weights-only. The stored Config's optimizer and scheduler names are
+checked by the Runner before s3prl evaluates them (`patches.pretrain_runner`). Refused: one line, status 2.
+
 Distributed data parallel: launch with `torchrun --nproc_per_node N -m s3prl_star.cli pretrain ...`;
 the pretrain expert joins the process group and wraps the student in DDP. Only rank 0 writes
 checkpoints; ranks > 0 log to `EXPDIR/rank<r>/`.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import runpy
@@ -30,12 +38,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import yaml
 
 from s3prl_star import resources
 from s3prl_star.integration import config_check, patches, resume
-from s3prl_star.integration.argv import NoCudaError, check_device, flag_value
+from s3prl_star.integration.argv import NoCudaError, check_device
 from s3prl_star.integration.patches import pretrain_runner
-from s3prl_star.model.checkpoint import read_checkpoint
+from s3prl_star.model.checkpoint import CheckpointError, read_checkpoint
 
 PATH_FLAGS = ("-e", "--past_exp", "-c", "--config", "-g", "--upstream_config", "-p", "--expdir")
 NAME_FLAGS = ("-n", "--expname")
@@ -107,12 +116,44 @@ def resolve_paths(argv: Sequence[str], cwd: Path) -> list[str]:
     return resolved
 
 
-def _resumed_device(argv: Sequence[str]) -> str | None:
-    """The device stored in the checkpoint `-e` resumes from (run_pretrain.py takes it over `--device`)."""
-    past = flag_value(argv, ("-e", "--past_exp"))
-    if past is None or not os.path.isfile(past[2]):
+def _flags(argv: Sequence[str]) -> argparse.Namespace:
+    """The flags of `run_pretrain.py` checked here, parsed as its own parser does (abbreviations too)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for short, long in (("-e", "--past_exp"), ("-o", "--override"), ("-c", "--config")):
+        parser.add_argument(short, long)
+    parser.add_argument("-a", "--auto_resume", action="store_true")
+    return parser.parse_known_args(list(argv))[0]
+
+
+def _stored_args(argv: Sequence[str]) -> tuple[str, argparse.Namespace] | None:
+    """(path, stored Args) of the checkpoint `-e` resumes from, read weights-only, else None."""
+    past = _flags(argv).past_exp
+    if past is None or not os.path.isfile(past):
         return None
-    return getattr(read_checkpoint(past[2]).get("Args"), "device", None)
+    stored = read_checkpoint(past).get("Args")
+    if not isinstance(stored, argparse.Namespace):
+        raise CheckpointError(f"checkpoint {past}: Args: expected s3prl's runner arguments, found {type(stored).__name__}")
+    return past, stored
+
+
+def check_inputs(argv: Sequence[str], stored: tuple[str, argparse.Namespace] | None) -> None:
+    """What run_pretrain.py would evaluate or load as objects, before it starts: the `-o` string, the one
+    stored in a resumed checkpoint's Args (which run_pretrain.py uses instead), and a new experiment's
+    `-c` yaml. Raises ConfigError (CheckpointError for a stored override that is no string)."""
+    flags = _flags(argv)
+    config_check.check_override(flags.override, "-o")
+    if stored is not None:
+        override = getattr(stored[1], "override", None)
+        if override is not None and not isinstance(override, str):
+            raise CheckpointError(f"checkpoint {stored[0]}: Args.override: found {override!r}; expected an -o string")
+        config_check.check_override(override, f"checkpoint {stored[0]} Args.override")
+    elif flags.config and os.path.isfile(flags.config):
+        try:
+            with open(flags.config) as file:
+                yaml.safe_load(file)
+        except yaml.YAMLError as error:
+            raise config_check.ConfigError(f"{flags.config}: not plain YAML ({str(error).splitlines()[0]}); s3prl's "
+                                           "FullLoader would build the Python objects its tags name") from None
 
 
 def main(argv: Sequence[str]) -> int:
@@ -131,8 +172,14 @@ def main(argv: Sequence[str]) -> int:
         print(f"s3prl-star pretrain: {error}", file=sys.stderr)
         return 2
     try:
+        stored = _stored_args(run_argv)
+        check_inputs(run_argv, stored)
         if not {"-h", "--help"} & set(run_argv):
-            check_device(run_argv, "s3prl-star pretrain", stored=_resumed_device(run_argv))
+            check_device(run_argv, "s3prl-star pretrain",
+                         stored=getattr(stored[1], "device", None) if stored is not None else None)
+    except (config_check.ConfigError, CheckpointError) as error:
+        print(f"s3prl-star pretrain: {error}", file=sys.stderr)
+        return 2
     except NoCudaError as error:
         print(error, file=sys.stderr)
         return 2
@@ -143,7 +190,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         pretrain_runner.install(str(user_cwd), torchrun_rank())
         runpy.run_path(str(workdir / "run_pretrain.py"), run_name="__main__")
-    except config_check.ConfigError as error:
+    except (config_check.ConfigError, CheckpointError) as error:  # CheckpointError: e.g. a refused teacher
         print(f"s3prl-star pretrain: {error}", file=sys.stderr)
         return 2
     finally:

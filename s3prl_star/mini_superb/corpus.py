@@ -51,6 +51,10 @@ class CorpusError(ValueError):
     """The corpus cannot be built as asked (bad size, OUT in the way); the message says why."""
 
 
+class CorpusWriteError(OSError):
+    """A file of the corpus cannot be written (a full disk, a read-only folder); the message names it."""
+
+
 @dataclass
 class TaskPlan:
     """One task's corpus: the speech to synthesise, what to write once it exists, and its DATA.yaml entry."""
@@ -206,12 +210,12 @@ def speech_commands(root: Path, keywords: tuple, other_words: tuple, speakers: d
         for colour in ("white", "pink", "brown"):
             path = train_root / "_background_noise_" / f"{colour}_noise.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, noise(generator, noise_seconds, colour, 0.05), SAMPLE_RATE, subtype="PCM_16")
+            synthetic.write_audio(path, noise(generator, noise_seconds, colour, 0.05))
         for number in range(max(1, speakers["test"])):
             path = test_root / "_silence_" / f"silence_{number}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             clip = noise(generator, 1.0, ("white", "pink", "brown")[number % 3], generator.uniform(0.001, 0.03))
-            sf.write(path, clip, SAMPLE_RATE, subtype="PCM_16")
+            synthetic.write_audio(path, clip)
         write_text(train_root / "validation_list.txt", "".join(sorted(validation)))
         write_text(train_root / "testing_list.txt", "")
 
@@ -456,6 +460,18 @@ def make_corpus(out: Path, size: str = "small", seed: int = 0, jobs: int | None 
             raise CorpusError(f"{out} holds {found}, not the {size} corpus of seed {seed}; "
                               "remove it or choose another OUT")
     work = out.parent / f".{out.name}.building-{size}-seed{seed}"
+    try:
+        _build_in(work, out, size, seed, jobs, wanted)
+    except OSError as error:
+        where = error.filename or work
+        raise CorpusWriteError(f"cannot write {where}: {error.strerror or error}; {work} keeps the files written "
+                               "so far: free space (or make it writable) and run the same command again to resume"
+                               ) from None
+    return out / DATA_FILE
+
+
+def _build_in(work: Path, out: Path, size: str, seed: int, jobs: int | None, wanted: dict) -> None:
+    """`make_corpus`'s build in `work`, renamed to `out` when complete."""
     work.mkdir(parents=True, exist_ok=True)
     plans = plan_corpus(work, SIZES[size], seed)
     build(plans, jobs)
@@ -471,7 +487,6 @@ def make_corpus(out: Path, size: str = "small", seed: int = 0, jobs: int | None 
     os.replace(work, out)
     print(f"wrote {out}: " + ", ".join(f"{task} {sum(c.values())}" for task, c in counts.items())
           + f" utterances; DATA.yaml: {out / DATA_FILE}")
-    return out / DATA_FILE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     except CorpusError as error:
         print(f"s3prl-star corpus: {error}", file=sys.stderr)
         return 2
-    except synthetic.MissingToolError as error:
+    except (synthetic.MissingToolError, CorpusWriteError) as error:
         print(f"s3prl-star corpus: {error}", file=sys.stderr)
         return 1
     return 0

@@ -17,6 +17,8 @@ and `speak_all`, which writes any list of `PlannedUtterance`s in parallel.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import shutil
@@ -192,6 +194,23 @@ def synthesise(text: str, voice: str, tools: dict[str, str], *, pitch: int = 50,
     return samples
 
 
+def write_audio(path: Path, samples: np.ndarray) -> None:
+    """`samples` as PCM 16-bit 16 kHz mono at `path` (FLAC for `.flac`, else WAV), under a temporary name
+    renamed into place, so a file that exists is complete. Encoded in memory and written by Python: a
+    failed write raises OSError naming `path` with its cause (`No space left on device`), where
+    libsndfile writing the file itself reports every failure as `LibsndfileError: System error`."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, SAMPLE_RATE, format="FLAC" if path.suffix == ".flac" else "WAV", subtype="PCM_16")
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_bytes(buffer.getvalue())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)  # leave no partial file taking the space
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 def default_jobs() -> int:
     """Threads for `speak_all`: each utterance is two short processes, so twice the cores keeps them busy."""
     return 2 * (os.cpu_count() or 1)
@@ -201,7 +220,8 @@ def speak_all(plan: list[PlannedUtterance], tools: dict[str, str], jobs: int | N
               description: str = "speaking") -> None:
     """Write every planned utterance (FLAC for `.flac`, else WAV; PCM 16-bit 16 kHz) on a thread pool,
     with a progress bar. Each file is written to a temporary name and renamed, so a file that exists is
-    complete: it is kept, and a build interrupted and run again resumes where it stopped."""
+    complete: it is kept, and a build interrupted and run again resumes where it stopped. The first
+    failure (e.g. OSError: a full disk) cancels the utterances not yet started and is raised."""
 
     def write(utterance: PlannedUtterance) -> None:
         if utterance.path.exists():
@@ -215,16 +235,17 @@ def speak_all(plan: list[PlannedUtterance], tools: dict[str, str], jobs: int | N
             padded[start:start + len(samples)] = samples
             samples = padded
         utterance.path.parent.mkdir(parents=True, exist_ok=True)
-        audio_format = "FLAC" if utterance.path.suffix == ".flac" else "WAV"
-        temporary = utterance.path.with_name(f".{utterance.path.name}.tmp")
-        sf.write(temporary, samples, SAMPLE_RATE, format=audio_format, subtype="PCM_16")
-        os.replace(temporary, utterance.path)
+        write_audio(utterance.path, samples)
 
     with ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
         futures = [pool.submit(write, utterance) for utterance in plan]
-        for future in tqdm(as_completed(futures), total=len(futures), desc=description, unit="utt",
-                           dynamic_ncols=True):
-            future.result()
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), desc=description, unit="utt",
+                               dynamic_ncols=True):
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the running ones finish (or fail) first
+            raise
 
 
 def make_librispeech(root, split_sizes: dict[str, int], seed: int = 0,

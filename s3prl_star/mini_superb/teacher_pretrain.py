@@ -12,7 +12,9 @@ so distillation reads it through the same path as the released HuBERT Base.
 OUT holds `teacher.pt` (the hubert_local checkpoint), `kmeans.pt` (the centroids), `states.pt`
 (the resumable training state, written atomically every `--save-every` steps), TensorBoard scalars
 and `result.json`: the masked-prediction accuracy on held-out utterances and the accuracy of
-always guessing the most frequent unit, the floor it has to beat.
+always guessing the most frequent unit, the floor it has to beat. `states.pt` and `kmeans.pt` hold
+tensors and plain data only (the RNG states as tuples and lists) and are read weights-only: a crafted
+or damaged file ends the command with a one-line error naming it (status 2), and no pickled code runs.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from s3prl_star.atomic import save_atomic, write_atomically
+from s3prl_star.model.checkpoint import CheckpointError, load_failure
 from s3prl_star.mini_superb.random_teacher import (FAIRSEQ_SPECIAL_SYMBOLS, BASE_FINAL_DIM, conv_layers_string, default_conv_layers, hubert_checkpoint)
 
 SAMPLE_RATE = 16000
@@ -229,11 +233,62 @@ def settings_of(args: argparse.Namespace) -> dict:
     return settings
 
 
+def read_plain(path: Path, what: str) -> dict:
+    """`torch.load(weights_only=True)` of a file this command wrote: tensors and plain data only, so no
+    pickled code runs. CheckpointError naming the file when it is truncated, foreign or crafted."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated (OSError, RuntimeError), not a torch file, a pickle of code
+        raise CheckpointError(f"{path}: cannot be read as {what} ({load_failure(error)}); delete it to "
+                              "start that part again, or give a new -o") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected {what} (a mapping), found {type(state).__name__}")
+    return state
+
+
+def rng_states(rng: random.Random) -> dict:
+    """The three RNG states as plain data, which a weights-only load reads back: python's `random` as its
+    own tuple of ints, torch's as a byte tensor, numpy's MT19937 state as (name, list of keys, position,
+    has_gauss, cached_gaussian) instead of its ndarray."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": (str(name), keys.tolist(), int(position), int(has_gauss), float(cached))}
+
+
+def restore_rng_states(saved: dict, rng: random.Random) -> None:
+    """Undo `rng_states`: every generator continues exactly where the saved run stopped."""
+    version, internal, gauss = saved["python_rng"]
+    rng.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(saved["torch_rng"])
+    name, keys, position, has_gauss, cached = saved["numpy_rng"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+def resume(states: Path, saved: dict, model, optimizer, rng: random.Random) -> int:
+    """Load a `states.pt` read by `read_plain` into the model, optimiser and RNGs; returns its step.
+    CheckpointError naming the file when its content is not this command's state."""
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        restore_rng_states(saved, rng)
+        step = saved["step"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{states}: not a teacher-pretrain training state ({type(error).__name__}: "
+                              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); delete it "
+                              "to train from step 0, or give a new -o") from None
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"{states}: step: found {step!r}; expected a step count")
+    return step
+
+
 def fit_units(out: Path, features: list[Tensor], clusters: int, seed: int) -> Tensor:
     """The k-means centroids of the training MFCCs (kept in OUT/kmeans.pt, so a resumed run reuses them)."""
     path = out / "kmeans.pt"
     if path.exists():
-        return torch.load(path, weights_only=True)["centroids"]
+        centroids = read_plain(path, "the k-means centroids").get("centroids")
+        if not isinstance(centroids, Tensor) or centroids.shape[0] != clusters:
+            raise CheckpointError(f"{path}: centroids: expected a ({clusters}, 39) tensor; delete it to fit again")
+        return centroids
     points = torch.cat(features)
     chosen = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))[:KMEANS_FRAMES]
     print(f"teacher-pretrain: k-means, {clusters} units on {len(chosen):,} of {len(points):,} MFCC frames", flush=True)
@@ -243,9 +298,17 @@ def fit_units(out: Path, features: list[Tensor], clusters: int, seed: int) -> Te
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv or [])
+    try:
+        return run(args)
+    except CheckpointError as error:
+        print(f"teacher-pretrain: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     from tensorboardX import SummaryWriter
 
-    args = parse_args(argv or [])
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)
@@ -256,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"teacher-pretrain: {out / 'teacher.pt'} is already trained (held-out masked accuracy "
               f"{done['held_out_masked_accuracy']:.3f})")
         return 0
+    states = out / "states.pt"
+    saved = read_plain(states, "the resumable training state") if states.exists() else None  # before the data
+    if saved is not None and saved.get("settings") != settings:
+        raise SystemExit(f"teacher-pretrain: {states} was written with other settings; give a new -o")
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     train = read_split(args.libri_root, args.train_split)
@@ -275,17 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                       args.feature_grad_mult)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     step, rng = 0, random.Random(args.seed)
-    states = out / "states.pt"
-    if states.exists():
-        saved = torch.load(states, weights_only=False)
-        if saved["settings"] != settings:
-            raise SystemExit(f"teacher-pretrain: {states} was written with other settings; give a new -o")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step = saved["step"]
-        rng.setstate(saved["python_rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        np.random.set_state(saved["numpy_rng"])
+    if saved is not None:
+        step = resume(states, saved, model, optimizer, rng)
         print(f"teacher-pretrain: resuming {states} at step {step}", flush=True)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"teacher-pretrain: HuBERT {shape}, {parameters:,} parameters, {len(train)} training utterances", flush=True)
@@ -314,8 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
         if step % args.save_every == 0 or step == args.steps:
             save_atomic({"settings": settings, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "step": step, "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                         "numpy_rng": np.random.get_state()}, states)
+                         "step": step, **rng_states(rng)}, states)
     progress.close()
 
     accuracy = held_out_accuracy(model, held_out, held_out_labels, args.seed)

@@ -18,9 +18,16 @@ from s3prl_star.model.released import (RELEASED_PICKLED_CLASSES, ReleasedTrainin
 from s3prl_star.model.star_hubert import StarHubert
 
 
+class CheckpointError(ValueError):
+    """A file cannot be read as a weights-only checkpoint (truncated, not a torch file, or a pickle that
+    would run code), or holds a value this project will not hand to code that evaluates it; the message
+    names the file (and the key). Commands report it in one line and exit with status 2."""
+
+
 def read_checkpoint(path) -> dict:
     """`torch.load(weights_only=True)` of a checkpoint dict; s3prl's runners also pickle their `Namespace`
-    args, released checkpoints s3prl's LR schedules (`RELEASED_PICKLED_CLASSES`)."""
+    args, released checkpoints s3prl's LR schedules (`RELEASED_PICKLED_CLASSES`). Raises CheckpointError
+    for anything else, so a crafted pickle never runs."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
@@ -31,10 +38,24 @@ def read_checkpoint(path) -> dict:
         with torch.serialization.safe_globals(allowed):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated files, foreign pickles
-        raise ValueError(f"checkpoint {path}: cannot be read as a weights-only torch checkpoint ({error})") from None
+        raise CheckpointError(f"checkpoint {path}: cannot be read as a weights-only torch checkpoint "
+                              f"({load_failure(error)})") from None
     if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path}: expected a dict, found {type(state).__name__}")
+        raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(state).__name__}")
     return state
+
+
+def load_failure(error: Exception) -> str:
+    """Why `torch.load(weights_only=True)` failed, in one line and without torch's advice to load
+    unsafely: a pickle naming a global it does not allow (code a crafted file would run), a truncated
+    or foreign file."""
+    message = str(error).strip()
+    if "WeightsUnpickler error:" in message:
+        lines = [line.strip() for line in message.split("WeightsUnpickler error:", 1)[1].splitlines()]
+        detail = next((line for line in lines if line), "").split(". Please use")[0]
+        return f"a pickle of objects other than tensors and plain data, which is not run ({detail})"
+    first = message.splitlines()[0].split(". ")[0] if message else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def save_student(path, model: StarHubert) -> None:

@@ -8,6 +8,7 @@ frames. Batch and sample axes are dynamic. The model is traced in eval mode (dro
 """
 import argparse
 import io
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Tuple
@@ -112,10 +113,19 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     if args.precision == "int8" and args.format != "onnx":
         parser.error(f"--precision int8 needs --format onnx, found --format {args.format}")
+    for flag, source in (("the checkpoint", args.ckpt), ("-g", args.model_config)):
+        if source is not None and _same_file(source, args.output):
+            print(f"s3prl-star export: -o {args.output} is {flag} {source} (the same file); "
+                  "expected another file, so that the input is not overwritten", file=sys.stderr)
+            return 2
 
-    from s3prl_star.model.checkpoint import load_student
+    from s3prl_star.model.checkpoint import CheckpointError, load_student
 
-    model = load_student(args.ckpt, args.model_config)
+    try:
+        model = load_student(args.ckpt, args.model_config)
+    except CheckpointError as error:  # weights-only: a crafted or damaged file is refused, never run
+        print(f"s3prl-star export: {error}", file=sys.stderr)
+        return 2
     try:
         path = export(model, args.output, args.format, include_feature=args.include_feature)
         if args.precision == "int8":
@@ -125,3 +135,12 @@ def main(argv: Optional[list] = None) -> int:
         return 1
     print(f"wrote {args.format} model to {path}")
     return 0
+
+
+def _same_file(source: str, output: Path) -> bool:
+    """Whether writing `output` would replace `source`: the same file by any path (a symbolic link, `..`,
+    a hard link)."""
+    try:
+        return os.path.samefile(source, output)
+    except OSError:  # either one does not exist (yet)
+        return False

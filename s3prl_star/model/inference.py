@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_star.model.export import PRECISIONS, export, quantise_onnx
-from s3prl_star.model.star_hubert import StarHubert, StarHubertOutput
+from s3prl_star.model.star_hubert import StarHubert, StarHubertOutput, check_input, check_waveform_list
 
 
 
@@ -43,12 +43,15 @@ def onnx_bytes(model: StarHubert, precision: str) -> bytes:
 class OnnxStudent(nn.Module):
     """The student run by onnxruntime on the CPU, with `StarHubert`'s `forward` / `forward_list` interface
     (inference only: float32 waveforms in, float32 hidden states out, on the input's device). A module
-    without parameters, so it can stand where s3prl's upstreams hold a model."""
+    without parameters, so it can stand where s3prl's upstreams hold a model. Inputs are checked as
+    `StarHubert` checks them (`star_hubert.check_input`: shapes, lengths of at least `receptive_field`
+    samples, finite samples within them); onnxruntime itself would return NaN features for NaN audio."""
 
-    def __init__(self, graph: bytes, threads: int | None = None):
+    def __init__(self, graph: bytes, threads: int | None = None, receptive_field: int = 400):
         import onnxruntime
 
         super().__init__()
+        self.receptive_field = receptive_field
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -56,11 +59,7 @@ class OnnxStudent(nn.Module):
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> StarHubertOutput:
         """waveforms (B, S) float at 16 kHz, zero-padded; lengths (B,) valid samples (None: all S)."""
-        if waveforms.dim() != 2 or not waveforms.is_floating_point():
-            raise ValueError(f"expected a (batch, samples) float waveform batch, found shape {tuple(waveforms.shape)} "
-                             f"of {waveforms.dtype}")
-        if lengths is None:
-            lengths = torch.full((waveforms.size(0),), waveforms.size(1))
+        waveforms, lengths = check_input(waveforms, lengths, self.receptive_field, torch.float32)
         hidden_states, frame_lengths = self.session.run(None, {
             "waveforms": waveforms.detach().float().cpu().numpy(),
             "lengths": lengths.detach().cpu().numpy().astype(np.int64),
@@ -72,13 +71,14 @@ class OnnxStudent(nn.Module):
 
     def forward_list(self, waveforms: Sequence[Tensor]) -> StarHubertOutput:
         """A list of 1-D waveforms (as s3prl upstreams receive them) -> the padded batch output."""
+        check_waveform_list(waveforms)
         lengths = torch.tensor([len(waveform) for waveform in waveforms])
-        return self.forward(torch.nn.utils.rnn.pad_sequence(list(waveforms), batch_first=True), lengths)
+        return self.forward(torch.nn.utils.rnn.pad_sequence([w.float() for w in waveforms], batch_first=True), lengths)
 
 
 def fast_student(model: StarHubert, precision: str = "int8", threads: int | None = None) -> OnnxStudent:
     """`model` exported and run by onnxruntime in `precision` (see the module docstring)."""
-    return OnnxStudent(onnx_bytes(model, precision), threads=threads)
+    return OnnxStudent(onnx_bytes(model, precision), threads=threads, receptive_field=model.receptive_field)
 
 
 def load_fast_student(ckpt: str | os.PathLike, model_config: str | None = None, precision: str = "int8",

@@ -81,6 +81,9 @@ class ReleasedTrainingObject:
 
 
 
+MAX_CONV_LAYERS = 1024  # fairseq's extractors have 7; a crafted "[...] * 10**9" must not take the memory
+
+
 def parse_conv_layers(text: str) -> ConvLayers:
     """Parse fairseq's `"[(512,10,5)] + [(512,3,2)] * 4"` notation without `eval`."""
 
@@ -91,7 +94,12 @@ def parse_conv_layers(text: str) -> ConvLayers:
             return [value(element) for element in node.elts]
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
             left, right = value(node.left), value(node.right)
-            return left + right if isinstance(node.op, ast.Add) else left * right
+            if isinstance(node.op, ast.Add):
+                return left + right
+            items, count = (left, right) if isinstance(left, list) else (right, left)
+            if isinstance(items, list) and isinstance(count, int) and len(items) * count > MAX_CONV_LAYERS:
+                raise ValueError(f"conv layers {text!r}: more than {MAX_CONV_LAYERS} entries")  # memory
+            return left * right
         raise ValueError(f"conv layers {text!r}: only int lists and tuples joined by + and * are allowed")
 
     try:

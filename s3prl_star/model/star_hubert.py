@@ -65,54 +65,8 @@ class StarHubert(nn.Module):
         return self.feature_extractor.frame_lengths(lengths)
 
     def _check_input(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(waveforms cast to the model's dtype with every sample past `lengths` zeroed, lengths), or a
-        ValueError naming the bad input: not (B, S) float, lengths not (B,) integers in
-        receptive_field..S, NaN or infinite samples within lengths.
-
-        Zeroing first keeps what lies past `lengths` (noise, NaN) out of the valid frames; the padded
-        length still reaches them through the first GroupNorm, which HuBERT takes over the whole
-        padded time axis (docs/student.md, Padding). The checks are batched tensor ops: one device sync each
-        for lengths and finiteness; they are skipped while tracing (export) and on the meta device."""
-        if waveforms.dim() != 2 or not waveforms.is_floating_point():
-            raise ValueError(
-                f"StarHubert expects a (batch, samples) float waveform batch at {SAMPLE_RATE} Hz, "
-                f"found shape {tuple(waveforms.shape)} of {waveforms.dtype}"
-            )
-        batch, samples = waveforms.shape
-        if batch == 0:
-            raise ValueError("StarHubert expects at least one waveform, found an empty batch")
-        if lengths is None:
-            lengths = torch.full((batch,), samples, device=waveforms.device)
-        if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise ValueError(
-                f"lengths: expected an integer tensor of shape ({batch},) (valid samples per waveform), "
-                f"found {lengths.dtype} of shape {tuple(lengths.shape)}"
-            )
-        lengths = lengths.to(waveforms.device)
-        checkable = not (torch.jit.is_tracing() or waveforms.is_meta)  # meta: the profiler counts shapes only
-        if checkable:
-            self._check_lengths(lengths, samples)
-        valid = torch.arange(samples, device=waveforms.device)[None, :] < lengths[:, None]
-        waveforms = torch.where(valid, waveforms.to(self.dtype), 0.0)
-        if checkable:
-            _check_finite(waveforms)
-        return waveforms, lengths
-
-    def _check_lengths(self, lengths: Tensor, samples: int) -> None:
-        shortest, longest = (int(value) for value in torch.aminmax(lengths))
-        if shortest >= self.receptive_field and longest <= samples:
-            return
-        if longest > samples:
-            bad, expected = lengths > samples, f"at most the {samples} samples of the padded batch"
-        elif shortest <= 0:
-            bad, expected = lengths <= 0, "positive sample counts"
-        else:
-            raise ValueError(
-                f"input shorter than the conv receptive field ({self.receptive_field} samples = "
-                f"{1000 * self.receptive_field / SAMPLE_RATE:.0f} ms at {SAMPLE_RATE} Hz): lengths {lengths.tolist()}"
-            )
-        indices = bad.nonzero().flatten().tolist()
-        raise ValueError(f"lengths: waveform(s) {indices} have lengths {lengths[bad].tolist()}; expected {expected}")
+        """`check_input` for this model: its receptive field and parameter dtype."""
+        return check_input(waveforms, lengths, self.receptive_field, self.dtype)
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None, need_attention: bool = False) -> StarHubertOutput:
         """waveforms (B, S) float at 16 kHz (cast to the model's dtype), lengths (B,) integer valid samples
@@ -128,15 +82,74 @@ class StarHubert(nn.Module):
 
     def forward_list(self, waveforms: Sequence[Tensor], need_attention: bool = False) -> StarHubertOutput:
         """A non-empty list of 1-D float waveforms (as s3prl upstreams receive them) -> the padded batch output."""
-        if len(waveforms) == 0:
-            raise ValueError("expected a non-empty list of 1-D float waveforms at 16 kHz, found an empty list")
-        for index, waveform in enumerate(waveforms):
-            if not isinstance(waveform, Tensor) or waveform.dim() != 1 or not waveform.is_floating_point():
-                found = f"shape {tuple(waveform.shape)} of {waveform.dtype}" if isinstance(waveform, Tensor) else type(waveform).__name__
-                raise ValueError(f"waveform {index}: expected a 1-D float tensor, found {found}")
+        check_waveform_list(waveforms)
         lengths = torch.tensor([len(w) for w in waveforms], device=waveforms[0].device)
         batch = nn.utils.rnn.pad_sequence([w.to(self.dtype) for w in waveforms], batch_first=True)
         return self(batch, lengths, need_attention=need_attention)
+
+
+def check_input(waveforms: Tensor, lengths: Tensor | None, receptive_field: int,
+                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(waveforms cast to `dtype` with every sample past `lengths` zeroed, lengths), or a
+    ValueError naming the bad input: not (B, S) float, lengths not (B,) integers in
+    receptive_field..S, NaN or infinite samples within lengths. What every way of running the student
+    takes (`StarHubert`, the onnxruntime `s3prl_star.model.inference.OnnxStudent`).
+
+    Zeroing first keeps what lies past `lengths` (noise, NaN) out of the valid frames; the padded
+    length still reaches them through the first GroupNorm, which HuBERT takes over the whole
+    padded time axis (docs/student.md, Padding). The checks are batched tensor ops: one device sync each
+    for lengths and finiteness; they are skipped while tracing (export) and on the meta device."""
+    if waveforms.dim() != 2 or not waveforms.is_floating_point():
+        raise ValueError(
+            f"StarHubert expects a (batch, samples) float waveform batch at {SAMPLE_RATE} Hz, "
+            f"found shape {tuple(waveforms.shape)} of {waveforms.dtype}"
+        )
+    batch, samples = waveforms.shape
+    if batch == 0:
+        raise ValueError("StarHubert expects at least one waveform, found an empty batch")
+    if lengths is None:
+        lengths = torch.full((batch,), samples, device=waveforms.device)
+    if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(
+            f"lengths: expected an integer tensor of shape ({batch},) (valid samples per waveform), "
+            f"found {lengths.dtype} of shape {tuple(lengths.shape)}"
+        )
+    lengths = lengths.to(waveforms.device)
+    checkable = not (torch.jit.is_tracing() or waveforms.is_meta)  # meta: the profiler counts shapes only
+    if checkable:
+        _check_lengths(lengths, samples, receptive_field)
+    valid = torch.arange(samples, device=waveforms.device)[None, :] < lengths[:, None]
+    waveforms = torch.where(valid, waveforms.to(dtype), 0.0)
+    if checkable:
+        _check_finite(waveforms)
+    return waveforms, lengths
+
+
+def _check_lengths(lengths: Tensor, samples: int, receptive_field: int) -> None:
+    shortest, longest = (int(value) for value in torch.aminmax(lengths))
+    if shortest >= receptive_field and longest <= samples:
+        return
+    if longest > samples:
+        bad, expected = lengths > samples, f"at most the {samples} samples of the padded batch"
+    elif shortest <= 0:
+        bad, expected = lengths <= 0, "positive sample counts"
+    else:
+        raise ValueError(
+            f"input shorter than the conv receptive field ({receptive_field} samples = "
+            f"{1000 * receptive_field / SAMPLE_RATE:.0f} ms at {SAMPLE_RATE} Hz): lengths {lengths.tolist()}"
+        )
+    indices = bad.nonzero().flatten().tolist()
+    raise ValueError(f"lengths: waveform(s) {indices} have lengths {lengths[bad].tolist()}; expected {expected}")
+
+
+def check_waveform_list(waveforms: Sequence[Tensor]) -> None:
+    """A ValueError unless `waveforms` is a non-empty list of 1-D float tensors (what s3prl passes upstreams)."""
+    if len(waveforms) == 0:
+        raise ValueError("expected a non-empty list of 1-D float waveforms at 16 kHz, found an empty list")
+    for index, waveform in enumerate(waveforms):
+        if not isinstance(waveform, Tensor) or waveform.dim() != 1 or not waveform.is_floating_point():
+            found = f"shape {tuple(waveform.shape)} of {waveform.dtype}" if isinstance(waveform, Tensor) else type(waveform).__name__
+            raise ValueError(f"waveform {index}: expected a 1-D float tensor, found {found}")
 
 
 def _check_finite(waveforms: Tensor) -> None:

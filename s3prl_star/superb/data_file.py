@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from s3prl_star.integration.config_check import ConfigError, check_override
 from s3prl_star.superb.tasks import TASKS, Task
 
 
@@ -29,6 +30,10 @@ def _check_overrides(value, where: str) -> str:
         return ""
     if not isinstance(value, str):
         raise DataError(f"{where}: expected an s3prl -o string ('config.a.b=v,,config.c=w'), got {value!r}")
+    try:  # s3prl evaluates every value: data only, checked before any run starts
+        check_override(value.strip() or None, where)
+    except ConfigError as error:
+        raise DataError(str(error)) from None
     return value.strip()
 
 
@@ -49,6 +54,13 @@ def read_data_file(path: Path) -> tuple[str, dict[str, TaskData]]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise DataError(f"{path}: not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder; expected a DATA.yaml file (template: downstream_recipes/data.yaml)") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+                        "expected a DATA.yaml file (template: downstream_recipes/data.yaml)") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         raise DataError(f"{path}: not YAML ({error})") from None
     if not isinstance(data, dict):

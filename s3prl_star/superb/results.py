@@ -17,6 +17,7 @@ Values are returned in the metric keys' units: percent, raw MTWV for QbE.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +31,46 @@ EVALUATE_LOG = "evaluate.log"  # stdout of the test evaluation
 EVALUATE_DONE = "evaluate.done"  # the test evaluation finished; holds the checkpoint's name
 METRIC_FILE = "metric.json"  # a scorer's value, for the tasks scored from the corpus (QbE, SD)
 TRIAL_PREFIX = "lr"
+INPUTS_FILE = "inputs.json"  # what produced the task's runs, its learning rates too (s3prl_star.superb.provenance)
 
 
 class MissingOutput(FileNotFoundError):
     """A task's output is not there (not run, or not finished); the message names the file."""
+
+
+class MalformedOutput(MissingOutput):
+    """A task's output is there but not as s3prl (or the driver) writes it: a metric line whose value is
+    not a finite number, a metric.json that is not UTF-8 JSON of the expected shape. The message names
+    the file, the line or key, and what was expected; `read_out` (`s3prl-star score`) raises it, the
+    driver and the submission report the task as failed / not included with it."""
+
+
+def _finite(text: str, where: str, expected: str) -> float:
+    """`text` as a finite float, else MalformedOutput naming `where` and `expected`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise MalformedOutput(f"{where}: {text!r} is not a finite number; expected {expected}")
+    return value
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in `path` (strict UTF-8), else MalformedOutput naming the file."""
+    if not path.is_file():
+        raise MissingOutput(f"{path}: not found")
+    data = path.read_bytes()
+    try:
+        values = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise MalformedOutput(f"{path}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
+                              "expected the JSON object the driver writes") from None
+    except json.JSONDecodeError as error:
+        raise MalformedOutput(f"{path}: not JSON ({error}); expected the JSON object the driver writes") from None
+    if not isinstance(values, dict):
+        raise MalformedOutput(f"{path}: a JSON {type(values).__name__}; expected an object of metric values")
+    return values
 
 
 @dataclass
@@ -61,6 +98,36 @@ def trial_dirs(out: Path, task: Task) -> list[Path]:
     return sorted(path for path in folder.glob(f"{TRIAL_PREFIX}*") if path.is_dir())
 
 
+def recorded_learning_rates(out: Path, task: Task) -> list[float] | None:
+    """The learning rates of the trials OUT/<task>/inputs.json records (the driver's grid), or None when
+    there is no record (an OUT of an older s3prl-star); MalformedOutput when it cannot be read."""
+    path = task_dir(out, task) / INPUTS_FILE
+    if not path.exists():
+        return None
+    rates = _json_object(path).get("learning_rates")
+    if not isinstance(rates, list) or not all(isinstance(rate, (int, float)) and not isinstance(rate, bool)
+                                              and math.isfinite(rate) for rate in rates):
+        raise MalformedOutput(f"{path}: learning_rates is {rates!r}; expected a list of learning rates")
+    return rates
+
+
+def current_trials(out: Path, task: Task, learning_rates: list[float] | None) -> tuple[list[Path], list[str]]:
+    """(the trial folders of `learning_rates`, by default the recorded ones, and a note naming each other
+    `lr*` folder, left out: a leftover of another grid must not be chosen). Without a grid (no record),
+    every trial folder. MissingOutput when a trial of the grid has no folder."""
+    found = trial_dirs(out, task)
+    grid = learning_rates if learning_rates is not None else recorded_learning_rates(out, task)
+    if grid is None:
+        return found, []
+    names = [trial_name(rate) for rate in grid]
+    absent = [name for name in names if not (task_dir(out, task) / name).is_dir()]
+    if absent:
+        raise MissingOutput(f"{task_dir(out, task)}: no run {', '.join(absent)} (its learning rates: {', '.join(names)})")
+    ignored = [path.name for path in found if path.name not in names]
+    notes = [f"{task.name}: {', '.join(ignored)} left out, not among this run's learning rates ({', '.join(names)})"]
+    return [path for path in found if path.name in names], notes if ignored else []
+
+
 def fold_dir(trial: Path, fold: str) -> Path:
     return trial / fold
 
@@ -79,10 +146,12 @@ def _read(path: Path) -> str:
 
 def printed_metric(path: Path, split: str, name: str) -> float:
     """The value of the last `SPLIT NAME: v` line s3prl printed (the runner's `print(f"{split} {key}: {value}")`)."""
-    found = re.findall(rf"^{re.escape(split)} {re.escape(name)}: (\S+)$", _read(path), re.MULTILINE)
+    text = _read(path)
+    found = list(re.finditer(rf"^{re.escape(split)} {re.escape(name)}: (\S+)$", text, re.MULTILINE))
     if not found:
         raise MissingOutput(f"{path}: no line '{split} {name}: v'")
-    return float(found[-1])
+    line = text.count("\n", 0, found[-1].start()) + 1
+    return _finite(found[-1].group(1), f"{path} line {line}", f"'{split} {name}: <number>'")
 
 
 def printed_metrics(path: Path, split: str, name: str) -> list[float]:
@@ -105,16 +174,20 @@ def logged_test_at_dev_best(expdir: Path) -> tuple[float, list[str]]:
     if best:
         index, match = best[-1]
         step = match.group(1)
-        for line in lines[index + 1:]:
+        for number, line in enumerate(lines[index + 1:], start=index + 2):
             if line.startswith(f"test at step {step}: "):
-                return float(line.split(": ", 1)[1]), []
+                return _finite(line.split(": ", 1)[1], f"{log} line {number}",
+                               f"'test at step {step}: <accuracy>'"), []
         raise MissingOutput(f"{log}: no 'test at step {step}: v' after the last 'New best on dev' line "
                             "(is test in runner.eval_dataloaders?)")
-    tests = [line for line in lines if re.match(r"^test at step [1-9]\d*: ", line)]
+    tests = [(number, line) for number, line in enumerate(lines, start=1)
+             if re.match(r"^test at step [1-9]\d*: ", line)]
     if not tests:
         raise MissingOutput(f"{log}: no 'test at step N: v' line")
-    step = tests[-1].split()[3].rstrip(":")
-    return float(tests[-1].split(": ", 1)[1]), [
+    number, line = tests[-1]
+    step = line.split()[3].rstrip(":")
+    value = _finite(line.split(": ", 1)[1], f"{log} line {number}", f"'test at step {step}: <accuracy>'")
+    return value, [
         f"{log}: dev never improved on the expert's initial best; the last logged test score (step {step}) is used"]
 
 
@@ -129,10 +202,14 @@ def logged_dev_best(expdir: Path) -> float | None:
 
 def read_metric_file(expdir: Path, key: str) -> float:
     """A scorer's value stored by the driver in `EXPDIR/metric.json`."""
-    values = json.loads(_read(expdir / METRIC_FILE))
+    path = expdir / METRIC_FILE
+    values = _json_object(path)
     if key not in values:
-        raise MissingOutput(f"{expdir / METRIC_FILE}: no {key}")
-    return float(values[key])
+        raise MissingOutput(f"{path}: no {key}")
+    value = values[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MalformedOutput(f"{path}: {key} is {value!r}; expected a finite number")
+    return float(value)
 
 
 # --- per task: test metrics of one trial, and its dev score ----------------------------------------
@@ -219,23 +296,47 @@ def chosen_trial(task: Task, trials: list[Path]) -> tuple[Path, list[str]]:
     return best, [f"{task.name}: learning rate {best.name} chosen on dev ({summary})"]
 
 
-def read_task(out: Path, task: Task) -> TaskResult:
-    """A task's metrics from the outputs under OUT; MissingOutput when they are not there."""
+def _qbe_scores(path: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """({layer: dev MTWV}, {layer: test MTWV}) of QbE's metric.json (`runs.run_qbe`: {"dev": {"0": v, ...},
+    "test": {...}}, both written from the start); MalformedOutput naming the file and key when it is not
+    that, MissingOutput when no layer was scored on dev yet."""
+    values = _json_object(path)
+    scores = []
+    for split in ("dev", "test"):
+        layers = values.get(split)
+        if not isinstance(layers, dict):
+            found = "missing" if layers is None else f"{layers!r}"
+            raise MalformedOutput(f"{path}: {split!r} is {found}; expected an object {{layer: MTWV}}")
+        checked = {}
+        for layer, mtwv in layers.items():
+            if not layer.isdigit():
+                raise MalformedOutput(f"{path}: {split} key {layer!r}; expected a layer number (0, 1, ...)")
+            if isinstance(mtwv, bool) or not isinstance(mtwv, (int, float)) or not math.isfinite(mtwv):
+                raise MalformedOutput(f"{path}: {split} layer {layer} is {mtwv!r}; expected a finite MTWV")
+            checked[int(layer)] = float(mtwv)
+        scores.append(checked)
+    if not scores[0]:
+        raise MissingOutput(f"{path}: no layer scored on dev")
+    return scores[0], scores[1]
+
+
+def read_task(out: Path, task: Task, learning_rates: list[float] | None = None) -> TaskResult:
+    """A task's metrics from the outputs under OUT; MissingOutput when they are not there. Only the trials
+    of `learning_rates` (by default those OUT/<task>/inputs.json records) count (`current_trials`)."""
     if task.selection is Selection.LAYER_ON_DEV:
         folder = task_dir(out, task)
-        values = json.loads(_read(folder / METRIC_FILE))
-        dev, test = {int(k): v for k, v in values["dev"].items()}, {int(k): v for k, v in values["test"].items()}
+        dev, test = _qbe_scores(folder / METRIC_FILE)
         layer = max(dev, key=lambda key: (dev[key], -key))
         if layer not in test:
             raise MissingOutput(f"{folder / METRIC_FILE}: no test MTWV of layer {layer}, the best on dev")
         return TaskResult({"QbE_mtwv": test[layer]}, f"{task.key}/layer{layer}-test",
                           [f"QbE: layer {layer} chosen on dev (MTWV {dev[layer]:.4f})"])
-    trials = trial_dirs(out, task)
+    trials, left_out = current_trials(out, task, learning_rates)
     if not trials:
         raise MissingOutput(f"{task_dir(out, task)}/{TRIAL_PREFIX}*: no run")
     trial, notes = chosen_trial(task, trials)
     result = trial_result(task, trial)
-    result.notes = notes + result.notes
+    result.notes = left_out + notes + result.notes
     return result
 
 
@@ -245,6 +346,8 @@ def read_out(out: Path) -> tuple[dict[str, TaskResult], dict[str, str]]:
     for task in TASKS.values():
         try:
             found[task.name] = read_task(out, task)
+        except MalformedOutput:
+            raise  # damaged, not missing: the caller names it
         except MissingOutput as error:
             missing[task.name] = str(error)
     return found, missing

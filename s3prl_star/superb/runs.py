@@ -1,9 +1,9 @@
 """The runs of a task: `s3prl-star downstream` subprocesses (`s3prl_star.processes.run_cli`) for
 trainings, test evaluations and QbE's per-layer DTW, in the layout `results` reads.
 
-Each run's stdout goes to a file `results` parses, its stderr to the same name with `.err`; progress
-lines (task, run, step, time left) come from the runner's tqdm bars. A failed run raises TaskFailed
-quoting the error it printed.
+Each run executes through the launcher (`launch`: a subprocess here, or a SLURM batch job); its stdout goes
+to a file `results` parses, its stderr to the same name with `.err`; progress lines (task, run, step, time
+left) come from the runner's tqdm bars. A failed run raises TaskFailed quoting the error it printed.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from s3prl_star.integration.resume import checkpoint_step
-from s3prl_star.processes import CommandFailed, Progress, run_cli
+from s3prl_star.processes import Progress
 from s3prl_star.superb import policy, results
 from s3prl_star.superb.data_file import TaskData, data_overrides
+from s3prl_star.superb.launch import LocalLauncher, RunFailed, SlurmLauncher
 from s3prl_star.superb.tasks import Selection, Task
 
 
@@ -38,7 +39,7 @@ class Context:
     device: str
     lr_search: bool
     submission: bool
-    lock_fd: int
+    launcher: LocalLauncher | SlurmLauncher  # where the runs execute
     progress_every: float
     print_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,8 +49,8 @@ class Context:
 
 
 def run_downstream(ctx: Context, label: str, argv: list[str], stdout: Path, gpu: str | None, append: bool = False):
-    """`s3prl-star downstream ARGV --device D` in OUT: stdout to `stdout`, stderr to the same name with
-    `.err`; the runner's progress printed at most every `ctx.progress_every` seconds. Raises TaskFailed."""
+    """`s3prl-star downstream ARGV --device D` through the launcher: stdout to `stdout`, stderr to the same name
+    with `.err`; the runner's progress printed at most every `ctx.progress_every` seconds. Raises TaskFailed."""
     last_print = [0.0]
 
     def show(progress: Progress) -> None:
@@ -58,11 +59,9 @@ def run_downstream(ctx: Context, label: str, argv: list[str], stdout: Path, gpu:
             ctx.say(f"{label}: {progress}")
 
     try:
-        run_cli(["downstream", *argv, "--device", ctx.device], stdout=stdout, stderr=stdout.with_suffix(".err"),
-                append=append, cwd=ctx.out, env={"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None,
-                on_progress=show, progress_skip=("train",), pass_fds=(ctx.lock_fd,))  # `train`: s3prl's epoch bar
-    except CommandFailed as error:
-        raise TaskFailed(f"{label}: {error}") from None
+        ctx.launcher.run(label, ["downstream", *argv, "--device", ctx.device], stdout, append, gpu, show)
+    except RunFailed as error:
+        raise TaskFailed(str(error)) from None
 
 
 def latest_checkpoint(expdir: Path) -> Path | None:
@@ -115,10 +114,19 @@ def evaluate_every_checkpoint(ctx: Context, label: str, expdir: Path, gpu: str |
         (output_dir / results.EVALUATE_DONE).write_text(checkpoint.name + "\n")
 
 
+class WriteFailed(RuntimeError):
+    """A file of OUT could not be written (a full disk, a read-only folder); the message names it.
+    Nothing half-written is left: the previous file, if any, is intact."""
+
+
 def write_json(path: Path, data) -> None:
+    """`data` as JSON in `path`, atomically; WriteFailed naming `path` (not the temporary file) on OSError."""
     from s3prl_star.atomic import write_atomically  # imports torch: not for a command that only fails early
 
-    write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2) + "\n"))
+    try:
+        write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2) + "\n"))
+    except OSError as error:
+        raise WriteFailed(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def run_trained_task(ctx: Context, task: Task, gpu: str | None) -> None:

@@ -118,9 +118,13 @@ def check_metrics(metrics: dict, source: str) -> dict[str, float]:
 
 def _load_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: not found") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+                         "expected a UTF-8 JSON object") from None
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not JSON ({error})") from None
     if not isinstance(data, dict):
@@ -128,11 +132,26 @@ def _load_json(path: Path) -> dict:
     return data
 
 
-def from_metrics_file(path: Path) -> ModelScore:
-    """A `--metrics` JSON object: metric keys (docs/superb.md), and optionally `name` (the label)."""
+def check_not_fractions(metrics: dict[str, float], source: str) -> None:
+    """InputError for a percent metric (every key but QbE_mtwv) strictly between 0 and 1 in a user's file:
+    the fraction s3prl prints (`test per: 0.054`, `test-EER: 0.05`) or logs (`test at step N: 0.96`)
+    copied as it is. No SUPERB system has a published error rate or an accuracy below 1 %, so such a
+    value is far likelier a fraction than a percentage; `--percent` accepts it as written."""
+    for key, value in metrics.items():
+        if key != "QbE_mtwv" and 0.0 < value < 1.0:
+            raise InputError(f"{source}: {key} is {value:g}, a fraction? The metric keys are percent: write "
+                             f"{100 * value:g} for {100 * value:g} % (or pass --percent if {value:g} % is meant)")
+
+
+def from_metrics_file(path: Path, percent: bool = False) -> ModelScore:
+    """A `--metrics` JSON object: metric keys (docs/superb.md), and optionally `name` (the label). Values
+    strictly between 0 and 1 are refused as fractions (`check_not_fractions`) unless `percent`."""
     data = _load_json(path)
     label = data.pop("name", path.stem)
-    return score_model(str(label), check_metrics(data, str(path)))
+    metrics = check_metrics(data, str(path))
+    if not percent:
+        check_not_fractions(metrics, str(path))
+    return score_model(str(label), metrics)
 
 
 def from_results_json(path: Path) -> ModelScore:
@@ -149,9 +168,12 @@ def from_results_json(path: Path) -> ModelScore:
 
 def from_out_dir(out: Path) -> ModelScore:
     """Read every task's s3prl outputs under an OUT folder of `s3prl-star superb`."""
-    from s3prl_star.superb.results import read_out
+    from s3prl_star.superb.results import MalformedOutput, read_out
 
-    found, missing = read_out(out)
+    try:
+        found, missing = read_out(out)
+    except MalformedOutput as error:
+        raise InputError(str(error)) from None
     metrics = {key: value for result in found.values() for key, value in result.metrics.items()}
     notes = [note for result in found.values() for note in result.notes]
     return score_model(out.resolve().name, check_metrics(metrics, str(out)), missing, notes)
@@ -299,6 +321,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="*", type=Path, help="OUT folders of `s3prl-star superb`, or their results.json")
     parser.add_argument("--metrics", action="append", type=Path, default=[], metavar="FILE",
                         help="a JSON object of SUPERB metric keys, e.g. {\"ASR_wer\": 6.42} (docs/superb.md; repeatable)")
+    parser.add_argument("--percent", action="store_true",
+                        help="accept --metrics values between 0 and 1 as percent (refused by default: the "
+                             "fractions s3prl prints, e.g. ASV_eer 0.05 for 5 %%)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON instead of the table")
     output.add_argument("--md", action="store_true", help="print a Markdown table")
@@ -315,7 +340,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        models = [load_input(path) for path in args.inputs] + [from_metrics_file(path) for path in args.metrics]
+        models = ([load_input(path) for path in args.inputs]
+                  + [from_metrics_file(path, args.percent) for path in args.metrics])
     except InputError as error:
         print(f"s3prl-star score: {error}", file=sys.stderr)
         return 2

@@ -51,13 +51,20 @@ def read_pronunciations(lexicon, tokenizer) -> dict[str, list[str]]:
 
 
 def read_transcripts(files: list[Path]) -> dict[str, tuple[str, Path]]:
-    """{utterance id: (TEXT, transcript file)} from the chapters' `.trans.txt` files of these flacs."""
+    """{utterance id: (TEXT, transcript file)} from the chapters' `.trans.txt` files of these flacs; an
+    utterance id on two lines is a ValueError naming both (which transcript is right cannot be told)."""
     transcripts = {}
+    first_lines: dict[str, tuple[Path, int]] = {}
     for chapter in sorted({file.parent for file in files}):
         for transcript_file in sorted(chapter.glob("*.trans.txt")):
-            for line in transcript_file.read_text(encoding="utf-8").splitlines():
+            for number, line in enumerate(transcript_file.read_text(encoding="utf-8").splitlines(), 1):
                 if line.strip():
                     utterance, _, text = line.partition(" ")
+                    if utterance in first_lines:
+                        first_file, first_number = first_lines[utterance]
+                        raise ValueError(f"{transcript_file}:{number}: {utterance} again (first at {first_file}:"
+                                         f"{first_number}); expected one transcript line per utterance")
+                    first_lines[utterance] = (transcript_file, number)
                     transcripts[utterance] = (text, transcript_file)
     return transcripts
 
