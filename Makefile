@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS); }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[test,superb]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[s3prl,superb,test]'
 	touch $@
 
 demo: $(STAMP)

@@ -15,7 +15,7 @@ SUBCOMMANDS = {
     "pretrain": ("s3prl_star.integration.pretrain", "main", "distil a student through s3prl's pretrain runner (run_pretrain.py flags)"),
     "downstream": ("s3prl_star.integration.downstream", "main", "run s3prl's downstream runner with star_hubert registered (run_downstream.py flags)"),
     "link-s3prl": ("s3prl_star.integration.link", "main", "install (or --undo) the plugin into an s3prl git checkout"),
-    "export": ("s3prl_star.model.export", "main", "export a checkpoint to TorchScript or ONNX"),
+    "export": ("s3prl_star.model.export", "main", "export a checkpoint to TorchScript, ONNX or a Hugging Face folder"),
     "superb": ("s3prl_star.superb.driver", "main", "run the SUPERB tasks (train, choose on dev, test) and collect results.json"),
     "score": ("s3prl_star.superb.score", "main", "per-task table, Overall and SUPERB score from task outputs"),
     "teacher-pretrain": ("s3prl_star.mini_superb.teacher_pretrain", "main", "train a small HuBERT (iteration 1: masked prediction of MFCC k-means units)"),
@@ -40,7 +40,15 @@ def main(argv=None) -> int:
         print(f"s3prl-star: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, function, _ = SUBCOMMANDS[name]
-    return getattr(importlib.import_module(module), function)(rest) or 0
+    try:
+        return getattr(importlib.import_module(module), function)(rest) or 0
+    except ModuleNotFoundError as error:
+        if error.name != "s3prl":
+            raise
+        from s3prl_star.integration.patches import S3PRL_MISSING
+
+        print(f"s3prl-star {name}: {S3PRL_MISSING}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

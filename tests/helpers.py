@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import editdistance
 import numpy as np
 import pytest
 import torch
@@ -32,6 +33,7 @@ from tensorboardX.proto import event_pb2
 
 import s3prl_star.integration.patches
 from s3prl_star.model.config import StarHubertConfig
+from s3prl_star.model.star_hubert import StarHubert
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "downstream_recipes"
@@ -553,3 +555,216 @@ def corrupt_middle(path: Path, count: int = 64) -> None:
     for index in range(middle, middle + count):
         data[index] ^= 0x5A
     path.write_bytes(bytes(data))
+
+
+# --- metrics recomputed from the files s3prl's experts write at a test evaluation ----------------------
+
+def error_rate(expdir: Path, prefix: str) -> float:
+    """Token error rate (percent) of the PREFIX-hyp.ark s3prl's asr / ctc expert wrote against PREFIX-ref.ark
+    (`<utterance> <space-separated tokens>` per line)."""
+    hyp, ref = ({utterance: tokens.split() for utterance, tokens in
+                 (line.split(" ", 1) for line in (expdir / f"{prefix}-{kind}.ark").read_text().splitlines())}
+                for kind in ("hyp", "ref"))
+    return 100 * sum(editdistance.eval(hyp[key], ref[key]) for key in ref) / sum(map(len, ref.values()))
+
+
+def accuracy_of_predictions(expdir: Path, prefix: str) -> tuple[float, int]:
+    """(accuracy as a fraction, utterances) of PREFIX_predict.txt against PREFIX_truth.txt, the files s3prl's
+    utterance-level experts (KS, SID, IC, ER) write at an evaluation (`<file> <label>` per line)."""
+    predicted, truth = ({path: label for path, label in (line.rsplit(" ", 1) for line in
+                                                           (expdir / f"{prefix}_{kind}.txt").read_text().splitlines())}
+                        for kind in ("predict", "truth"))
+    assert predicted.keys() == truth.keys() and truth, (len(predicted), len(truth))
+    return sum(predicted[key] == truth[key] for key in truth) / len(truth), len(truth)
+
+
+# --- released STaRHuBERT files (tests/test_checkpoint.py, tests/test_hf_export.py) -----------------------
+# Built the way the code that wrote them does (reference: ARMHuBERT's GitHub, on which STaRHuBERT was
+# built and whose `models/starhubert` is the released upstream, and PyTorch Lightning 1.7, the version its
+# requirements pin):
+# - the `.yaml` is ARMHuBERT's training template (`conf/armhubert/*.yaml`: teacher, train, distiller,
+#   optimizer, data, specaug), to which `train.py` adds `model: <name>` and whose `distiller:` section
+#   `utils.dump_yaml` rewrites with every public field of the student's config dataclass, dumped with
+#   `yaml.dump(sort_keys=False)`;
+# - the `.ckpt` is Lightning's `dump_checkpoint` of the LightningModule `W2V2Distil`: `epoch`,
+#   `global_step`, `pytorch-lightning_version`, `state_dict` (`student_model.*` and the frozen
+#   `teacher_model.model.*`), `loops`, `callbacks` (its ModelCheckpoint), `optimizer_states` (s3prl's
+#   `get_optimizer` on the template's `AdamW_with_schedule`, which keeps an LR schedule object in
+#   every param group), `lr_schedulers` (none), the native-AMP plugin's scaler state, `hparams_name`
+#   and `hyper_parameters` = {"cfg": the template} (`save_hyperparameters()` keeps the very dict that
+#   train.py and dump_yaml fill in).
+
+
+def conv_feature_layers(layers) -> str:
+    """fairseq's notation, runs of equal layers folded: '[(128, 10, 5)] + [(256, 3, 2)] * 4 + ...'."""
+    import itertools
+
+    runs = [(layer, len(list(group))) for layer, group in itertools.groupby(layers)]
+    return " + ".join(f"[{tuple(layer)}]" + (f" * {count}" if count > 1 else "") for layer, count in runs)
+
+
+def released_template(shape: StarHubertConfig) -> dict:
+    """The released `.yaml` (and the ckpt's cfg) of a student of `shape`: ARMHuBERT's template with its
+    values, the student's fields in `distiller:` (every field of ARMHuBERT's config class, in the
+    template's order) and the `model` name train.py adds."""
+    distiller = {
+        "extractor_mode": shape.extractor_mode,
+        "conv_feature_layers": conv_feature_layers(shape.conv_layers),
+        "feature_grad_mult": 1.0,
+        "conv_bias": shape.conv_bias,
+        "conv_pos": shape.conv_pos,
+        "conv_pos_groups": shape.conv_pos_groups,
+        "pos_conv_depth": 1,
+        "max_positions": 100000,
+        "layer_type": "transformer",
+        "encoder_layers": shape.encoder_layers,
+        "encoder_embed_dim": shape.encoder_embed_dim,
+        "encoder_ffn_embed_dim": shape.encoder_ffn_embed_dim,
+        "encoder_attention_heads": shape.encoder_attention_heads,
+        "activation_fn": "gelu",
+        "layer_norm_first": shape.layer_norm_first,
+        "layer_grad_scale": True,
+        "depthwise_conv_kernel_size": 31,
+        "attn_type": "",
+        "pos_enc_type": "abs",
+        "fp16": True,
+        "reuse_pattern": str([False] * shape.encoder_layers),
+        "dropout": shape.dropout,
+        "attention_dropout": shape.attention_dropout,
+        "activation_dropout": shape.activation_dropout,
+        "encoder_layerdrop": 0.0,
+        "dropout_input": shape.dropout_input,
+        "final_dim": 256,
+        "pred_head_final_dim": 768,
+        "pred_head_inter_dim": 0,
+        "layerwise_proj": True,
+        "pred_layer_id": "[11]",
+        "init_conv_layers": False,
+        "init_encoder_layers": 0,
+        "enable_tr_layer": False,
+        "tr_conv1d_kernel": 2,
+        "tr_layer_index": 0,
+        "tr_reduce_factor": 2,
+        "tr_layer_type": "conv1d",
+        "checkpoint_activations": False,
+        "required_seq_len_multiple": 1,
+        "crop_seq_to_multiple": 1,
+        "freeze_student_mask": False,
+        "update_teacher_mask": False,
+    }
+    return {
+        "teacher": {"teacher_model": "./hubert_base_ls960.pt", "mask_length": 10, "mask_prob": 0.4,
+                    "mask_selection": "uniform", "mask_other": 0.0, "no_mask_overlap": True, "mask_min_space": 1},
+        "train": {"base_dir": "./", "output_dir": "STaRHuBERT", "checkpoint": None, "num_epochs": 200, "gpus": 2,
+                  "batch_size": 6, "accumulate_grad_batches": 4, "use_fp16": True, "use_apex": False,
+                  "monitor_losses": True, "rec_loss_weight": 1.0, "rec_loss_type": "mse", "distil_random_layer": 11,
+                  "random_layer_weight": 0.1, "delete_projections": False, "specaug": False, "mask_prob_schedule": ""},
+        "distiller": distiller,
+        "optimizer": {"name": "AdamW_with_schedule", "lr": 1.0e-3, "warmup_proportion": 0.05, "betas": [0.9, 0.98],
+                      "eps": 1.0e-6, "weight_decay": 1.0e-6},
+        "data": {"bucketing_path": "./data/len_for_bucket", "libri_root": "/db/LibriSpeech",
+                 "train_set": ["train-clean-100"], "test_set": ["test-clean"]},
+        "specaug": {"adaptive": False, "adaptive_number_ratio": 0.04, "adaptive_size_ratio": 0.04,
+                    "max_n_time_masks": 20, "apply_time_warp": False, "apply_time_mask": True,
+                    "apply_freq_mask": True, "replace_with_zero": False, "time_warp_window": 5,
+                    "time_mask_width_range": [0, 100], "freq_mask_width_range": [0, 27],
+                    "num_freq_mask": 2, "num_time_mask": 2},
+        "model": "starhubert",
+    }
+
+
+def released_checkpoint(student: StarHubert, template: dict, teacher_weights: dict, *, with_hyper_parameters=True,
+                        final_proj=True) -> dict:
+    """Lightning 1.7's `dump_checkpoint` of W2V2Distil after 3 epochs (see the module docstring)."""
+    from s3prl.optimizers import get_optimizer
+
+    state_dict = {f"student_model.{key}": value for key, value in student.state_dict().items()}
+    if final_proj:  # set by the distillation code; the released upstream deletes it
+        final_dim, dim = template["distiller"]["final_dim"], student.config.encoder_embed_dim
+        state_dict["student_model.final_proj.weight"] = torch.randn(final_dim, dim)
+        state_dict["student_model.final_proj.bias"] = torch.randn(final_dim)
+    state_dict.update({f"teacher_model.model.{key}": value for key, value in teacher_weights.items()})
+    optimizer = get_optimizer([student], 1200, template["optimizer"])
+    checkpoint_callback = ("ModelCheckpoint{'monitor': 'v_loss', 'mode': 'min', 'every_n_train_steps': 0, "
+                           "'every_n_epochs': 1, 'train_time_interval': None}")
+    best = "./results/pretrain/STaRHuBERT/checkpoint-epoch=02.ckpt"
+    progress = {"total": {"ready": 1200, "completed": 1200, "started": 1200, "processed": 1200},
+                "current": {"ready": 400, "completed": 400, "started": 400, "processed": 400}}
+    checkpoint = {
+        "epoch": 2,
+        "global_step": 1200,
+        "pytorch-lightning_version": "1.7.7",
+        "state_dict": state_dict,
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": progress,
+                               "epoch_loop.state_dict": {"_batches_that_stepped": 1200},
+                               "epoch_loop.batch_progress": progress},
+                  "validate_loop": {"state_dict": {}, "dataloader_progress": progress},
+                  "test_loop": {"state_dict": {}}, "predict_loop": {"state_dict": {}}},
+        "callbacks": {checkpoint_callback: {
+            "monitor": "v_loss", "best_model_score": torch.tensor(0.41), "best_model_path": best,
+            "current_score": torch.tensor(0.41), "dirpath": "./results/pretrain/STaRHuBERT",
+            "best_k_models": {best: torch.tensor(0.41)}, "kth_best_model_path": best,
+            "kth_value": torch.tensor(0.41), "last_model_path": "./results/pretrain/STaRHuBERT/last.ckpt"}},
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [],
+        "NativeMixedPrecisionPlugin": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                       "growth_interval": 2000, "_growth_tracker": 17},
+    }
+    if with_hyper_parameters:
+        checkpoint["hparams_name"] = "kwargs"
+        checkpoint["hyper_parameters"] = {"cfg": template}
+    return checkpoint
+
+
+def write_released_files(directory, student: StarHubert, teacher_weights: dict, **options):
+    """(star.ckpt, star.yaml) as released for `student`."""
+    template = released_template(student.config)
+    ckpt, config = directory / "star.ckpt", directory / "star.yaml"
+    torch.save(released_checkpoint(student, template, teacher_weights, **options), ckpt)
+    config.write_text(yaml.dump(template, sort_keys=False))
+    return ckpt, config
+
+
+# --- the package as a wheel in a new virtual environment --------------------------------------------
+
+def clean_tree(destination: Path) -> Path:
+    """The files git tracks or would track (what a clean clone holds once the change is committed), copied to
+    `destination`: a build there cannot pick up a stale build/ folder of the working tree."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    for name in filter(None, listed.stdout.split("\0")):
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    return destination
+
+
+def build_wheel(source: Path, dist: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    str(source)], check=True, capture_output=True)
+    (built,) = dist.glob("s3prl_star-*.whl")
+    return built
+
+
+def wheel_venv(venv: Path, *requirements: str) -> dict:
+    """A new venv with `requirements` pip-installed (a wheel path, `WHEEL[extra]`, registry names), its
+    dependencies already in the test environment taken from there through a plain path entry (no .pth file of
+    that environment runs, so its editable install of this project stays invisible). Returns its environment
+    (no PYTHONPATH, its bin/ first on PATH), python and site-packages."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    (purelib / "test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    installed = {"env": env, "python": python, "bin": venv / "bin", "purelib": purelib}
+    if requirements:
+        pip_install(installed, "--no-deps", *requirements)
+    return installed
+
+
+def pip_install(venv: dict, *arguments: str) -> None:
+    result = subprocess.run([str(venv["python"]), "-m", "pip", "install", "-q", *arguments], env=venv["env"],
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -14,7 +14,6 @@ default for `-u star_hubert`) with `-o` overrides for the steps and the data.
 """
 from __future__ import annotations
 
-import math
 import re
 import subprocess
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import (FAST_RUNNER, RECIPES, STEPS, TINY_PRETRAIN_STUDENT, git_status, in_checkout, isolated_python,
+from helpers import (FAST_RUNNER, RECIPES, STEPS, TINY_PRETRAIN_STUDENT, error_rate, git_status, in_checkout, isolated_python,
                      length_csvs, link_s3prl, make_checkout, make_libriphone_corpus, pr_overrides, printed_metric,
                      scalars, user_environment)
 from s3prl_star.model.checkpoint import read_checkpoint
@@ -162,8 +161,8 @@ def test_asr_trains_and_evaluates_in_the_checkout(linked, tiny_student_checkpoin
     output = downstream_then_evaluate(linked, "asr", RECIPES / "asr" / "config.yaml", tiny_student_checkpoint,
                                       tmp_path / "asr", overrides, r"^dev-clean wer: [0-9.]+",
                                       ("-t", "test-clean"), r"^test-clean wer: [0-9.]+")
-    wer = printed_metric(output, "test-clean wer")
-    assert math.isfinite(wer) and wer >= 0.0
+    # the printed WER (percent) is the one of the hypotheses the evaluation wrote
+    assert printed_metric(output, "test-clean wer") == pytest.approx(error_rate(tmp_path / "asr", "test-clean-noLM"), abs=1e-3)
 
 
 @pytest.mark.slow
@@ -171,8 +170,8 @@ def test_pr_trains_and_evaluates_in_the_checkout(linked, tiny_student_checkpoint
     corpus = make_libriphone_corpus(tmp_path)
     output = downstream_then_evaluate(linked, "ctc", RECIPES / "pr" / "config.yaml", tiny_student_checkpoint,
                                       tmp_path / "pr", pr_overrides(corpus), r"^dev per: ", (), r"^test per: ")
-    per = printed_metric(output, "test per")
-    assert math.isfinite(per) and per >= 0.0
+    # the printed PER (a fraction) is the one of the phoneme hypotheses the evaluation wrote
+    assert 100 * printed_metric(output, "test per") == pytest.approx(error_rate(tmp_path / "pr", "test"), abs=1e-3)
 
 
 def test_s3prl_star_pretrain_runs_on_a_linked_checkout(tmp_path):

@@ -1,161 +1,20 @@
 """Checkpoint formats: the released STaRHuBERT files, this project's files, and their errors.
 
-The released files are built here the way the code that wrote them does (reference: ARMHuBERT's
-GitHub, on which STaRHuBERT was built and whose `models/starhubert` is the released upstream, and
-PyTorch Lightning 1.7, the version its requirements pin):
-- the `.yaml` is ARMHuBERT's training template (`conf/armhubert/*.yaml`: teacher, train, distiller,
-  optimizer, data, specaug), to which `train.py` adds `model: <name>` and whose `distiller:` section
-  `utils.dump_yaml` rewrites with every public field of the student's config dataclass, dumped with
-  `yaml.dump(sort_keys=False)`;
-- the `.ckpt` is Lightning's `dump_checkpoint` of the LightningModule `W2V2Distil`: `epoch`,
-  `global_step`, `pytorch-lightning_version`, `state_dict` (`student_model.*` and the frozen
-  `teacher_model.model.*`), `loops`, `callbacks` (its ModelCheckpoint), `optimizer_states` (s3prl's
-  `get_optimizer` on the template's `AdamW_with_schedule`, which keeps an LR schedule object in
-  every param group), `lr_schedulers` (none), the native-AMP plugin's scaler state, `hparams_name`
-  and `hyper_parameters` = {"cfg": the template} (`save_hyperparameters()` keeps the very dict that
-  train.py and dump_yaml fill in).
+The released files are built as the code that wrote them does: `helpers.write_released_files` (its section
+of tests/helpers.py names the references).
 """
 import argparse
-import itertools
 
 import pytest
 import torch
 import yaml
 
-from helpers import TINY_CONFIG
+from helpers import TINY_CONFIG, released_checkpoint, released_template, write_released_files
 from s3prl_star.model.checkpoint import load_student, read_checkpoint, save_student
 from s3prl_star.model.released import released_student_config
 from s3prl_star.integration.hub import star_hubert
-from s3prl_star.model.config import PRESETS, StarHubertConfig
+from s3prl_star.model.config import PRESETS
 from s3prl_star.model.star_hubert import StarHubert, build_preset
-
-
-def conv_feature_layers(layers) -> str:
-    """fairseq's notation, runs of equal layers folded: '[(128, 10, 5)] + [(256, 3, 2)] * 4 + ...'."""
-    runs = [(layer, len(list(group))) for layer, group in itertools.groupby(layers)]
-    return " + ".join(f"[{tuple(layer)}]" + (f" * {count}" if count > 1 else "") for layer, count in runs)
-
-
-def released_template(shape: StarHubertConfig) -> dict:
-    """The released `.yaml` (and the ckpt's cfg) of a student of `shape`: ARMHuBERT's template with its
-    values, the student's fields in `distiller:` (every field of ARMHuBERT's config class, in the
-    template's order) and the `model` name train.py adds."""
-    distiller = {
-        "extractor_mode": shape.extractor_mode,
-        "conv_feature_layers": conv_feature_layers(shape.conv_layers),
-        "feature_grad_mult": 1.0,
-        "conv_bias": shape.conv_bias,
-        "conv_pos": shape.conv_pos,
-        "conv_pos_groups": shape.conv_pos_groups,
-        "pos_conv_depth": 1,
-        "max_positions": 100000,
-        "layer_type": "transformer",
-        "encoder_layers": shape.encoder_layers,
-        "encoder_embed_dim": shape.encoder_embed_dim,
-        "encoder_ffn_embed_dim": shape.encoder_ffn_embed_dim,
-        "encoder_attention_heads": shape.encoder_attention_heads,
-        "activation_fn": "gelu",
-        "layer_norm_first": shape.layer_norm_first,
-        "layer_grad_scale": True,
-        "depthwise_conv_kernel_size": 31,
-        "attn_type": "",
-        "pos_enc_type": "abs",
-        "fp16": True,
-        "reuse_pattern": str([False] * shape.encoder_layers),
-        "dropout": shape.dropout,
-        "attention_dropout": shape.attention_dropout,
-        "activation_dropout": shape.activation_dropout,
-        "encoder_layerdrop": 0.0,
-        "dropout_input": shape.dropout_input,
-        "final_dim": 256,
-        "pred_head_final_dim": 768,
-        "pred_head_inter_dim": 0,
-        "layerwise_proj": True,
-        "pred_layer_id": "[11]",
-        "init_conv_layers": False,
-        "init_encoder_layers": 0,
-        "enable_tr_layer": False,
-        "tr_conv1d_kernel": 2,
-        "tr_layer_index": 0,
-        "tr_reduce_factor": 2,
-        "tr_layer_type": "conv1d",
-        "checkpoint_activations": False,
-        "required_seq_len_multiple": 1,
-        "crop_seq_to_multiple": 1,
-        "freeze_student_mask": False,
-        "update_teacher_mask": False,
-    }
-    return {
-        "teacher": {"teacher_model": "./hubert_base_ls960.pt", "mask_length": 10, "mask_prob": 0.4,
-                    "mask_selection": "uniform", "mask_other": 0.0, "no_mask_overlap": True, "mask_min_space": 1},
-        "train": {"base_dir": "./", "output_dir": "STaRHuBERT", "checkpoint": None, "num_epochs": 200, "gpus": 2,
-                  "batch_size": 6, "accumulate_grad_batches": 4, "use_fp16": True, "use_apex": False,
-                  "monitor_losses": True, "rec_loss_weight": 1.0, "rec_loss_type": "mse", "distil_random_layer": 11,
-                  "random_layer_weight": 0.1, "delete_projections": False, "specaug": False, "mask_prob_schedule": ""},
-        "distiller": distiller,
-        "optimizer": {"name": "AdamW_with_schedule", "lr": 1.0e-3, "warmup_proportion": 0.05, "betas": [0.9, 0.98],
-                      "eps": 1.0e-6, "weight_decay": 1.0e-6},
-        "data": {"bucketing_path": "./data/len_for_bucket", "libri_root": "/db/LibriSpeech",
-                 "train_set": ["train-clean-100"], "test_set": ["test-clean"]},
-        "specaug": {"adaptive": False, "adaptive_number_ratio": 0.04, "adaptive_size_ratio": 0.04,
-                    "max_n_time_masks": 20, "apply_time_warp": False, "apply_time_mask": True,
-                    "apply_freq_mask": True, "replace_with_zero": False, "time_warp_window": 5,
-                    "time_mask_width_range": [0, 100], "freq_mask_width_range": [0, 27],
-                    "num_freq_mask": 2, "num_time_mask": 2},
-        "model": "starhubert",
-    }
-
-
-def released_checkpoint(student: StarHubert, template: dict, teacher_weights: dict, *, with_hyper_parameters=True,
-                        final_proj=True) -> dict:
-    """Lightning 1.7's `dump_checkpoint` of W2V2Distil after 3 epochs (see the module docstring)."""
-    from s3prl.optimizers import get_optimizer
-
-    state_dict = {f"student_model.{key}": value for key, value in student.state_dict().items()}
-    if final_proj:  # set by the distillation code; the released upstream deletes it
-        final_dim, dim = template["distiller"]["final_dim"], student.config.encoder_embed_dim
-        state_dict["student_model.final_proj.weight"] = torch.randn(final_dim, dim)
-        state_dict["student_model.final_proj.bias"] = torch.randn(final_dim)
-    state_dict.update({f"teacher_model.model.{key}": value for key, value in teacher_weights.items()})
-    optimizer = get_optimizer([student], 1200, template["optimizer"])
-    checkpoint_callback = ("ModelCheckpoint{'monitor': 'v_loss', 'mode': 'min', 'every_n_train_steps': 0, "
-                           "'every_n_epochs': 1, 'train_time_interval': None}")
-    best = "./results/pretrain/STaRHuBERT/checkpoint-epoch=02.ckpt"
-    progress = {"total": {"ready": 1200, "completed": 1200, "started": 1200, "processed": 1200},
-                "current": {"ready": 400, "completed": 400, "started": 400, "processed": 400}}
-    checkpoint = {
-        "epoch": 2,
-        "global_step": 1200,
-        "pytorch-lightning_version": "1.7.7",
-        "state_dict": state_dict,
-        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": progress,
-                               "epoch_loop.state_dict": {"_batches_that_stepped": 1200},
-                               "epoch_loop.batch_progress": progress},
-                  "validate_loop": {"state_dict": {}, "dataloader_progress": progress},
-                  "test_loop": {"state_dict": {}}, "predict_loop": {"state_dict": {}}},
-        "callbacks": {checkpoint_callback: {
-            "monitor": "v_loss", "best_model_score": torch.tensor(0.41), "best_model_path": best,
-            "current_score": torch.tensor(0.41), "dirpath": "./results/pretrain/STaRHuBERT",
-            "best_k_models": {best: torch.tensor(0.41)}, "kth_best_model_path": best,
-            "kth_value": torch.tensor(0.41), "last_model_path": "./results/pretrain/STaRHuBERT/last.ckpt"}},
-        "optimizer_states": [optimizer.state_dict()],
-        "lr_schedulers": [],
-        "NativeMixedPrecisionPlugin": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
-                                       "growth_interval": 2000, "_growth_tracker": 17},
-    }
-    if with_hyper_parameters:
-        checkpoint["hparams_name"] = "kwargs"
-        checkpoint["hyper_parameters"] = {"cfg": template}
-    return checkpoint
-
-
-def write_released_files(directory, student: StarHubert, teacher_weights: dict, **options):
-    """(star.ckpt, star.yaml) as released for `student`."""
-    template = released_template(student.config)
-    ckpt, config = directory / "star.ckpt", directory / "star.yaml"
-    torch.save(released_checkpoint(student, template, teacher_weights, **options), ckpt)
-    config.write_text(yaml.dump(template, sort_keys=False))
-    return ckpt, config
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ on a machine without CUDA (s3prl defaults to `--device cuda` and stops with torc
 "Found no NVIDIA driver")."""
 import argparse
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,3 +69,22 @@ def test_help_needs_no_device(tmp_path):
     for command in (["pretrain", "-h"], ["downstream", "-h"]):
         result = subprocess.run([CLI, *command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "--device" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("command", [["downstream", "-h"], ["teacher-pretrain", "-h"],
+                                     ["pretrain", "-h"]])
+def test_without_s3prl_the_commands_name_the_extra_to_install(tmp_path, command):
+    """s3prl comes from an extra (`[s3prl]`, or `[espnet]` beside ESPnet's fork): an environment with neither
+    gets the install line, not a traceback (s3prl hidden here as if it were not installed)."""
+    hide = ("import importlib.util, sys\n"
+            "class NoS3prl:  # what Python does where no s3prl is installed\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 's3prl':\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, NoS3prl())\n"
+            "from s3prl_star.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", hide, *command], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "s3prl is not installed: pip install 's3prl-star[s3prl]'" in result.stderr and "Traceback" not in result.stderr

@@ -21,10 +21,9 @@ import time
 import zipfile
 from pathlib import Path
 
-import editdistance
 import pytest
 
-from helpers import CLI, RECIPES, scalars, superb, write_data
+from helpers import error_rate, CLI, RECIPES, scalars, superb, write_data
 from s3prl_star.superb.tasks import TASKS
 
 
@@ -185,15 +184,6 @@ def best_dev_step_test(expdir: Path, tag: str) -> float:
         if value > best:
             best_step, best = step, value
     return test[best_step if best_step is not None else max(test)]
-
-
-def error_rate(expdir: Path, prefix: str) -> float:
-    """Token error rate (percent) of the PREFIX-hyp.ark s3prl's asr / ctc expert wrote against PREFIX-ref.ark
-    (`<utterance> <space-separated tokens>` per line)."""
-    hyp, ref = ({utterance: tokens.split() for utterance, tokens in
-                 (line.split(" ", 1) for line in (expdir / f"{prefix}-{kind}.ark").read_text().splitlines())}
-                for kind in ("hyp", "ref"))
-    return 100 * sum(editdistance.eval(hyp[key], ref[key]) for key in ref) / sum(map(len, ref.values()))
 
 
 @pytest.mark.slow

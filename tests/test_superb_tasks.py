@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from helpers import (CLI, FAST_RUNNER, RECIPES, frames_of, make_iemocap, make_speech_commands, printed_accuracy,
+from helpers import (CLI, FAST_RUNNER, RECIPES, accuracy_of_predictions, frames_of, make_iemocap, make_speech_commands, printed_accuracy,
                      run_downstream, train_then_evaluate, write_quesst_ground_truth, write_run)
 from s3prl_star.superb.scorers.asv import eer_of_output
 from s3prl_star.superb.scorers.diarization import der_of_run, read_rttm
@@ -118,6 +118,10 @@ def test_keyword_spotting_trains_then_evaluates(tmp_path, tiny_student_checkpoin
     )
     output = train_then_evaluate("speech_commands", tiny_student_checkpoint, tmp_path / "ks", overrides,
                                  train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
+    # the printed accuracy is the one of the predictions the evaluation wrote, over every test clip
+    accuracy, clips = accuracy_of_predictions(tmp_path / "ks", "test")
+    assert printed_accuracy(output) == pytest.approx(accuracy, abs=1e-6)
+    assert clips == sum(1 for path in test_root.rglob("*.wav") if "_background_noise_" not in path.parts)
     superb_metric("KS_acc", 100 * printed_accuracy(output))
 
 
@@ -130,6 +134,10 @@ def test_emotion_recognition_trains_then_evaluates(tmp_path, tiny_student_checkp
     )
     output = train_then_evaluate("emotion", tiny_student_checkpoint, tmp_path / "er", overrides,
                                  train_line=r"^test acc: [0-9.]+$", evaluate_line=r"^test acc: [0-9.]+$")
+    # fold 1 tests Session1: the printed accuracy is the one of its predictions, over every utterance of its list
+    accuracy, utterances = accuracy_of_predictions(tmp_path / "er", "test_fold1")
+    assert printed_accuracy(output) == pytest.approx(accuracy, abs=1e-6)
+    assert utterances == len(json.loads((meta / "Session1" / "test_meta_data.json").read_text())["meta_data"])
     superb_metric("ER_acc", 100 * printed_accuracy(output))  # fold 1 only
 
 

@@ -8,11 +8,8 @@ invisible; each test checks that `s3prl_star` is imported from the new environme
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -20,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import FAST_RUNNER, REPO, git_status, in_checkout, make_checkout
+from helpers import FAST_RUNNER, REPO, build_wheel, clean_tree, git_status, in_checkout, make_checkout, wheel_venv
 
 pytestmark = pytest.mark.slow
 
@@ -40,25 +37,6 @@ def source_files(folder: str) -> list[str]:
     return sorted(listed.stdout.split())
 
 
-def clean_tree(destination: Path) -> Path:
-    """The files git tracks or would track (what a clean clone holds once the change is committed), copied to
-    `destination`: a build there cannot pick up a stale build/ folder of the working tree."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True)
-    for name in filter(None, listed.stdout.split("\0")):
-        if (REPO / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, destination / name)
-    return destination
-
-
-def build_wheel(source: Path, dist: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(source)], check=True, capture_output=True)
-    (built,) = dist.glob("s3prl_star-*.whl")
-    return built
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     return build_wheel(clean_tree(tmp_path_factory.mktemp("source")), tmp_path_factory.mktemp("dist"))
@@ -66,18 +44,7 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory, wheel) -> dict:
-    """A new venv with the wheel installed: its environment (no PYTHONPATH, its bin/ first on PATH) and paths."""
-    venv = tmp_path_factory.mktemp("venv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                  capture_output=True, text=True, check=True).stdout.strip())
-    (purelib / "test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
-                   capture_output=True)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
-    return {"env": env, "python": python, "bin": venv / "bin", "purelib": purelib}
+    return wheel_venv(tmp_path_factory.mktemp("venv") / "venv", str(wheel))
 
 
 def run(installed: dict, cwd: Path, *command: str, timeout: int = 900, env: dict | None = None

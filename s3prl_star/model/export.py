@@ -1,4 +1,5 @@
-"""`s3prl-star export CKPT --format torchscript|onnx -o FILE`: the student as one graph for on-device use.
+"""`s3prl-star export CKPT --format torchscript|onnx -o FILE`: the student as one graph for on-device use;
+`--format hf -o DIR`: a folder `transformers.AutoModel` loads (`s3prl_star.model.hf_export`).
 
 The exported graph takes `waveforms` (B, S) float32 at 16 kHz, zero-padded, and `lengths` (B,)
 int64 valid samples, and returns `hidden_states` (L, B, T, D) float32 (the hidden states the
@@ -20,6 +21,7 @@ from s3prl_star.atomic import write_atomically
 from s3prl_star.model.star_hubert import StarHubert
 
 FORMATS = ("torchscript", "onnx")
+HF_FORMAT = "hf"  # a Hugging Face folder, not a traced graph (s3prl_star.model.hf_export)
 INPUT_NAMES = ["waveforms", "lengths"]
 OUTPUT_NAMES = ["hidden_states", "frame_lengths"]
 # ONNX opset of the TorchScript-based exporter (onnxruntime >= 1.17 runs it).
@@ -104,8 +106,9 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="s3prl-star export", description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="a checkpoint load_student reads (distiller states-*.ckpt, save_student file, released .ckpt)")
     parser.add_argument("-g", "--model-config", help="the released .yaml, for a released Lightning .ckpt")
-    parser.add_argument("--format", choices=FORMATS, required=True)
-    parser.add_argument("-o", "--output", required=True, type=Path, help="file to write (.pt for torchscript, .onnx)")
+    parser.add_argument("--format", choices=FORMATS + (HF_FORMAT,), required=True)
+    parser.add_argument("-o", "--output", required=True, type=Path,
+                        help="file to write (.pt for torchscript, .onnx); for hf, the folder")
     parser.add_argument("--include-feature", action="store_true", help="also output the pre-transformer feature (first)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="int8: the linear layers' weights quantised by onnxruntime for faster CPU inference "
@@ -113,6 +116,9 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     if args.precision == "int8" and args.format != "onnx":
         parser.error(f"--precision int8 needs --format onnx, found --format {args.format}")
+    if args.include_feature and args.format == HF_FORMAT:
+        parser.error("--include-feature has no effect with --format hf: its hidden_states hold the "
+                     "layer-1 input first (hidden_states[1:] are the layer outputs)")
     for flag, source in (("the checkpoint", args.ckpt), ("-g", args.model_config)):
         if source is not None and _same_file(source, args.output):
             print(f"s3prl-star export: -o {args.output} is {flag} {source} (the same file); "
@@ -126,6 +132,10 @@ def main(argv: Optional[list] = None) -> int:
     except CheckpointError as error:  # weights-only: a crafted or damaged file is refused, never run
         print(f"s3prl-star export: {error}", file=sys.stderr)
         return 2
+    if args.format == HF_FORMAT:
+        from s3prl_star.model.hf_export import main_hf
+
+        return main_hf(model, args.ckpt, args.output, args.model_config)
     try:
         path = export(model, args.output, args.format, include_feature=args.include_feature)
         if args.precision == "int8":

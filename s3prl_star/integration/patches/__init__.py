@@ -17,6 +17,8 @@ not 16 kHz, naming the file).
 """
 from __future__ import annotations
 
+import importlib.util
+
 from s3prl_star.integration.patches import (asv_device, audio_io, ctc_corpus, hf_hub, runner_args, sample_rates, sox_effects,
                                             upstream_configs, voxceleb_caches)
 
@@ -32,8 +34,15 @@ PATCHES = (
 )
 
 
+S3PRL_MISSING = ("s3prl is not installed: pip install 's3prl-star[s3prl]' (the PyPI s3prl 0.4.18), or "
+                 "'s3prl-star[espnet]' beside ESPnet's espnet-s3prl (docs/install.md)")
+
+
 def apply() -> list[str]:
-    """Apply every patch of `PATCHES` this stack needs; returns the names of those that changed something."""
+    """Apply every patch of `PATCHES` this stack needs; returns the names of those that changed something.
+    A ModuleNotFoundError saying which extra to install when this environment has no s3prl."""
+    if importlib.util.find_spec("s3prl") is None:
+        raise ModuleNotFoundError(S3PRL_MISSING, name="s3prl")
     return [patch.__name__ for patch in PATCHES if patch()]
 
 
