@@ -52,7 +52,7 @@ MUTATIONS = (
     Mutation("s3prl_star/superb/tasks.py", 'dev_line=DevLine(r"^dev per: (\\S+)$", higher_is_better=False)',
              'dev_line=DevLine(r"^dev per: (\\S+)$", higher_is_better=True)', RESULTS),
     Mutation("s3prl_star/superb/tasks.py", '"best-states-dev.ckpt", scorer=_diarization_error_rate',
-             '"dev-best.ckpt", scorer=_diarization_error_rate', ("tests/test_superb_tasks.py",),
+             '"dev-best.ckpt", scorer=_diarization_error_rate', ("tests/test_superb_score.py", "tests/test_superb_tasks.py"),
              ("tests/test_superb_tasks.py::test_speaker_diarization_trains_then_ends_in_der",)),
     Mutation("s3prl_star/superb/tasks.py", 'ER_FOLDS = tuple(f"fold{index}" for index in range(1, 6))',
              'ER_FOLDS = tuple(f"fold{index}" for index in range(1, 5))', ("tests/test_superb_tasks.py", *RESULTS),

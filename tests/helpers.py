@@ -768,3 +768,32 @@ def pip_install(venv: dict, *arguments: str) -> None:
     result = subprocess.run([str(venv["python"]), "-m", "pip", "install", "-q", *arguments], env=venv["env"],
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+# A program of its own that builds S3PRLUpstream("star_hubert", argv[1]) and saves the hidden states of two
+# seeded waveforms (16000 and 12000 samples) to argv[2]; `assert_upstream_states` compares them to the student.
+UPSTREAM_PROBE = """import sys, torch
+from s3prl.nn import S3PRLUpstream
+assert 'star_hubert' in S3PRLUpstream.available_names()
+upstream = S3PRLUpstream('star_hubert', sys.argv[1]).eval()
+torch.manual_seed(0)
+with torch.no_grad():
+    states, _ = upstream(torch.randn(2, 16000), torch.tensor([16000, 12000]))
+torch.save([state.clone() for state in states], sys.argv[2])
+"""
+
+
+def assert_upstream_states(states_file: Path, model) -> None:
+    """The states UPSTREAM_PROBE saved are the student's 12 layer outputs on the same padded batch (s3prl pads
+    each to round(samples / 320) frames: one frame more than the student's floor division)."""
+    import torch
+
+    torch.manual_seed(0)
+    waveforms = torch.randn(2, 16000)
+    with torch.no_grad():
+        expected = model.forward_list([waveforms[0], waveforms[1, :12000]]).hidden_states[1:]
+    states = torch.load(states_file, weights_only=True)
+    assert len(states) == len(expected)
+    for state, reference in zip(states, expected):
+        frames = reference.shape[1]
+        assert state.shape[1] >= frames and torch.allclose(state[:, :frames], reference, atol=1e-5)

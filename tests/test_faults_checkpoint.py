@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,45 @@ def test_downstream_evaluate_dir_skips_a_truncated_newest_checkpoint(asr_data, t
     assert evaluated.returncode == 0, output[-3000:]
     assert f"skipping {expdir / f'states-{STEPS}.ckpt'}: incomplete" in output
     assert f"using {expdir / f'states-{STEPS // 2}.ckpt'}" in output and "dev-clean wer:" in output
+
+
+# --- the rules, in-process ------------------------------------------------------------------------
+
+def test_a_pruned_checkpoint_is_deleted_only_once_the_next_one_is_complete(tmp_path):
+    """s3prl's runner calls os.remove on the old checkpoint before saving the new one: the removal waits."""
+    import torch
+
+    from s3prl_star.integration.patches.runner_checkpoints import CheckpointFiles
+
+    files = CheckpointFiles()
+    torch.save({"Step": 2}, tmp_path / "states-2.ckpt")
+    files.remove(str(tmp_path / "states-2.ckpt"))
+    assert (tmp_path / "states-2.ckpt").is_file()  # pruned, but nothing newer is complete yet
+    files.save({"Step": 4}, str(tmp_path / "states-4.ckpt"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["states-4.ckpt"]
+
+
+def test_a_checkpoint_that_does_not_read_back_keeps_the_older_ones(tmp_path, monkeypatch):
+    import torch
+
+    from s3prl_star.integration.patches import runner_checkpoints
+
+    torch.save({"Step": 2}, tmp_path / "states-2.ckpt")
+    files = runner_checkpoints.CheckpointFiles()
+    files.remove(str(tmp_path / "states-2.ckpt"))
+    monkeypatch.setattr(runner_checkpoints, "save_atomic", lambda obj, path: open(path, "wb").write(b"PK\x03\x04 cut"))
+    with pytest.raises(OSError, match=r"states-4\.ckpt did not read back after writing"):
+        files.save({"Step": 4}, str(tmp_path / "states-4.ckpt"))
+    assert (tmp_path / "states-2.ckpt").is_file()
+
+
+def test_resume_takes_the_highest_step_that_reads_back(tmp_path):
+    import torch
+
+    from s3prl_star.integration.resume import newest_readable
+
+    for step in (2, 10, 4):
+        torch.save({"Step": step}, tmp_path / f"states-{step}.ckpt")
+    (tmp_path / "states-12.ckpt").write_bytes(b"not a checkpoint")
+    newest, skipped = newest_readable(tmp_path)
+    assert Path(newest).name == "states-10.ckpt" and [Path(path).name for path, _ in skipped] == ["states-12.ckpt"]

@@ -169,3 +169,79 @@ def test_trains_saves_for_hubert_local_and_resumes_after_a_kill(tmp_path, mini_l
     other = teacher_pretrain(mini_librispeech, tmp_path / "whole", "--steps", "31")
     output, _ = other.communicate(timeout=600)
     assert other.returncode != 0 and "trained with other settings" in output
+
+
+# --- the recipe's pieces against independent references ----------------------------------------------
+
+def kaldi_deltas(features: np.ndarray, window: int = 2) -> np.ndarray:
+    """Kaldi's `add-deltas` (compute-deltas) along time, edges replicated: d_t = sum_n n (c_{t+n} - c_{t-n}) /
+    (2 sum_n n^2), written out here as the reference the MFCC features must match."""
+    padded = np.pad(features, ((window, window), (0, 0)), mode="edge")
+    frames = len(features)
+    numerator = sum(n * (padded[window + n:window + n + frames] - padded[window - n:window - n + frames])
+                    for n in range(1, window + 1))
+    return numerator / (2 * sum(n * n for n in range(1, window + 1)))
+
+
+def test_mfcc_features_are_13_coefficients_their_deltas_and_delta_deltas():
+    import torchaudio
+
+    from s3prl_star.mini_superb.teacher_pretrain import mfcc_features
+
+    waveform = torch.randn(16000, generator=torch.Generator().manual_seed(0))
+    features = mfcc_features(waveform).numpy()
+    mfcc = torchaudio.compliance.kaldi.mfcc(waveform.unsqueeze(0), sample_frequency=16000, use_energy=False).numpy()
+    assert features.shape == (len(mfcc), 39)
+    np.testing.assert_allclose(features[:, :13], mfcc, atol=1e-5)
+    np.testing.assert_allclose(features[:, 13:26], kaldi_deltas(mfcc), atol=1e-4)
+    np.testing.assert_allclose(features[:, 26:], kaldi_deltas(kaldi_deltas(mfcc)), atol=1e-4)
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in for HubertModel's pre-training forward with fixed logits (the positive in column 0)."""
+
+    def __init__(self, masked: torch.Tensor, unmasked: torch.Tensor, penalty: float):
+        super().__init__()
+        self.masked, self.unmasked, self.penalty = masked, unmasked, torch.tensor(penalty)
+
+    def forward(self, sources, target_list, padding_mask, mask):
+        return {"logit_m_list": [self.masked], "logit_u_list": [self.unmasked], "features_pen": self.penalty}
+
+
+def test_masked_prediction_loss_and_accuracy_follow_hubert():
+    """Cross-entropy of the masked frames with the positive as class 0, plus the unmasked frames' at their weight,
+    plus the feature penalty; a frame is right when column 0 is its largest logit."""
+    from s3prl_star.mini_superb.teacher_pretrain import FEATURE_PENALTY, masked_prediction
+
+    masked = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.5, 0.0], [0.2, 0.1, 0.9]])
+    unmasked = torch.tensor([[0.0, 1.0, 2.0], [2.0, 0.0, 0.0]])
+    model = FixedLogits(masked, unmasked, penalty=0.25)
+    sources, targets = torch.zeros(1, 1600), torch.zeros(1, 4, dtype=torch.long)
+
+    def cross_entropy(logits):  # -log softmax of column 0, averaged
+        return float((torch.logsumexp(logits, 1) - logits[:, 0]).mean())
+
+    for weight in (0.0, 0.5, 2.0):
+        loss, correct, total = masked_prediction(model, sources, targets, unmasked_weight=weight)
+        expected = cross_entropy(masked) + weight * cross_entropy(unmasked) + FEATURE_PENALTY * 0.25
+        assert float(loss) == pytest.approx(expected, rel=1e-6)
+        assert (int(correct), int(total)) == (2, 4)
+
+
+def test_held_out_accuracy_pools_the_frames_of_every_utterance():
+    """Right frames over all frames of all utterances (not a mean of per-utterance accuracies)."""
+    from s3prl_star.mini_superb.teacher_pretrain import held_out_accuracy
+
+    class PerUtterance(FixedLogits):
+        def __init__(self):
+            super().__init__(None, torch.zeros(1, 3), penalty=0.0)
+            self.calls = iter([torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]]),   # 3 of 4 right
+                               torch.tensor([[0.0, 1.0]] * 5 + [[1.0, 0.0]])])  # 1 of 6 right
+
+        def forward(self, sources, target_list, padding_mask, mask):
+            self.masked = next(self.calls)
+            return super().forward(sources, target_list, padding_mask, mask)
+
+    waveforms = [torch.zeros(16000), torch.zeros(16000)]
+    labels = [torch.zeros(100, dtype=torch.long), torch.zeros(100, dtype=torch.long)]
+    assert held_out_accuracy(PerUtterance(), waveforms, labels, seed=0) == pytest.approx(4 / 10)

@@ -285,3 +285,20 @@ def test_driver_runs_the_five_er_folds_and_pr(tmp_path, tiny_student_checkpoint)
     assert metrics["PR_per"] == pytest.approx(error_rate(pr, "test"), abs=1e-3)
     scored = json.loads(score(str(out), "--json").stdout)
     assert scored["ER_acc"] == pytest.approx(metrics["ER_acc"]) and scored["PR_per"] == pytest.approx(metrics["PR_per"])
+
+
+def test_only_tasks_scored_by_a_test_evaluation_evaluate_their_dev_best_checkpoint_without_submission():
+    from s3prl_star.superb.policy import evaluates_dev_best
+
+    assert evaluates_dev_best(TASKS["asr"], submission=False) and evaluates_dev_best(TASKS["sd"], submission=False)
+    assert not evaluates_dev_best(TASKS["ks"], submission=False) and not evaluates_dev_best(TASKS["er"], submission=False)
+    assert evaluates_dev_best(TASKS["ks"], submission=True) and evaluates_dev_best(TASKS["er"], submission=True)
+    assert not evaluates_dev_best(TASKS["asv"], submission=True) and not evaluates_dev_best(TASKS["qbe"], submission=True)
+
+
+def test_the_latest_checkpoint_is_the_highest_step(tmp_path):
+    from s3prl_star.superb.runs import latest_checkpoint
+
+    for step in (2, 10, 4):
+        (tmp_path / f"states-{step}.ckpt").write_bytes(b"")
+    assert latest_checkpoint(tmp_path).name == "states-10.ckpt" and latest_checkpoint(tmp_path / "none") is None

@@ -246,3 +246,76 @@ def test_asr_test_clean_wer_line_is_read(tmp_path):
     text = printed_log_records(DownstreamExpert, expert, "test-clean", records)
     (tmp_path / EVALUATE_LOG).write_text(text)
     assert _evaluated(tmp_path, TASKS["asr"]) == pytest.approx({"ASR_wer": 100 / 3})
+
+
+# --- rules of results.py that choose among runs ----------------------------------------------------
+
+def test_pr_chooses_the_learning_rate_of_the_lowest_dev_per(tmp_path):
+    """PR's dev score is an error rate: --lr-search keeps the trial whose training printed the lowest dev PER."""
+    from s3prl_star.superb.results import TRAIN_LOG, chosen_trial
+    from s3prl_star.superb.tasks import TASKS
+
+    trials = []
+    for name, pers in (("lr0.0001", [0.9, 0.5]), ("lr0.001", [0.8, 0.3]), ("lr0.01", [0.95, 0.7])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / TRAIN_LOG).write_text("".join(f"dev per: {per}\n" for per in pers))
+        trials.append(tmp_path / name)
+    chosen, notes = chosen_trial(TASKS["pr"], trials)
+    assert chosen.name == "lr0.001" and "lr0.001 chosen on dev" in notes[0]
+
+
+def test_only_step_zero_test_lines_are_no_result(tmp_path):
+    """A log whose only test line is the step-0 evaluation (before any training) has no logged result."""
+    from s3prl_star.superb.results import MissingOutput, logged_test_at_dev_best
+
+    (tmp_path / "log.log").write_text("test at step 0: 0.9\n")
+    with pytest.raises(MissingOutput, match="no 'test at step N: v' line"):
+        logged_test_at_dev_best(tmp_path)
+
+
+def test_er_is_the_mean_of_its_five_folds(tmp_path):
+    """ER trains once per IEMOCAP session held out (fold1..fold5) and reports the mean of their logged scores."""
+    from s3prl_star.superb import policy
+    from s3prl_star.superb.results import TRAIN_DONE, trial_result
+    from s3prl_star.superb.tasks import TASKS
+
+    task, trial = TASKS["er"], tmp_path / "er" / "lr0.0001"
+    runs = policy.expdirs(task, trial)
+    assert [fold for _, fold in runs] == [f"fold{index}" for index in range(1, 6)]
+    assert policy.fold_overrides(task, "fold3") == ["config.downstream_expert.datarc.test_fold=fold3"]
+    for (expdir, _), value in zip(runs, (0.40, 0.50, 0.60, 0.70, 0.80)):
+        expdir.mkdir(parents=True)
+        (expdir / TRAIN_DONE).write_text("done\n")
+        (expdir / "log.log").write_text(f"New best on dev at step 4: 0.5\ntest at step 4: {value}\n")
+    assert trial_result(task, trial).metrics == {"ER_acc": pytest.approx(60.0)}
+
+
+def test_qbe_ties_on_dev_go_to_the_lowest_layer(tmp_path):
+    from s3prl_star.superb.results import read_task
+    from s3prl_star.superb.tasks import TASKS
+
+    (tmp_path / "qbe").mkdir()
+    (tmp_path / "qbe" / "metric.json").write_text(json.dumps(
+        {"dev": {"3": 0.5, "1": 0.5, "2": 0.4}, "test": {"1": 0.7, "3": 0.9}}))
+    result = read_task(tmp_path, TASKS["qbe"])
+    assert result.metrics == {"QbE_mtwv": 0.7} and result.chosen == "qbe/layer1-test"
+
+
+def test_each_dev_best_checkpoint_is_the_file_s3prls_expert_saves():
+    """The name the driver evaluates is the one s3prl 0.4.18's expert of the task writes when dev improves
+    (`f"{split}-best.ckpt"`, diarization's `f"best-states-{mode}.ckpt"`, the split being dev or dev-clean)."""
+    import re
+    from pathlib import Path
+
+    import s3prl
+
+    from s3prl_star.superb.tasks import TASKS
+
+    downstream = Path(s3prl.__file__).parent / "downstream"
+    for task in TASKS.values():
+        if task.dev_best_checkpoint is None:
+            continue
+        split = "dev-clean" if "dev-clean" in task.dev_best_checkpoint else "dev"
+        saved = re.escape(task.dev_best_checkpoint).replace(re.escape(split), r"\{\w+\}")
+        source = (downstream / task.downstream / "expert.py").read_text()
+        assert re.search(rf"f[\"']{saved}[\"']", source), f"{task.name}: s3prl's expert saves no {task.dev_best_checkpoint}"

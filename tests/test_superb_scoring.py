@@ -251,3 +251,30 @@ def test_eer_of_output_reads_the_test_eer_line():
         asv.eer_of_output("sv-voxceleb1/dev-EER: 0.1\n")
     with pytest.raises(ValueError, match="found 2"):
         asv.eer_of_output(output + output)
+
+
+def test_unscored_trials_score_minus_ten_between_two_scored_ones():
+    """The target scored -9, a non-target -11, two non-targets unscored: at the kit's default of -10 a threshold
+    between -10 and -9 detects the target alone (MTWV 1); a default above -9 would detect the unscored ones with it."""
+    ground_truth = qbe.GroundTruth(frozenset(DOCUMENTS), frozenset(["q"]), {"q": frozenset([DOCUMENTS[0]])})
+    scores = {("q", DOCUMENTS[0]): -9.0, ("q", DOCUMENTS[1]): -11.0}
+    assert qbe.DEFAULT_SCORE == -10.0
+    assert qbe.maximum_term_weighted_value(scores, ground_truth) == pytest.approx(1.0)
+
+
+def write_eer_logs(expdir: Path, eers: dict[int, float]) -> None:
+    """`EXPDIR/states-STEP/log.txt` as the driver leaves each checkpoint's test evaluation (a fraction)."""
+    for step, eer in eers.items():
+        (expdir / f"states-{step}").mkdir(parents=True)
+        (expdir / f"states-{step}" / "log.txt").write_text(f"[Runner] - ...\nsv-voxceleb1/test-EER: {eer}\n")
+
+
+def test_asv_takes_the_lowest_eer_over_the_checkpoints(tmp_path):
+    write_eer_logs(tmp_path, {2: 0.3, 4: 0.1, 6: 0.2})
+    assert asv.lowest_eer(tmp_path) == (pytest.approx(10.0), "states-4")
+
+
+def test_asv_ties_go_to_the_earlier_checkpoint_in_step_order(tmp_path):
+    """states-10 sorts before states-2 as text: the tie rule follows the steps."""
+    write_eer_logs(tmp_path, {10: 0.1, 2: 0.1, 30: 0.2})
+    assert asv.lowest_eer(tmp_path) == (pytest.approx(10.0), "states-2")

@@ -56,8 +56,9 @@ def _finite(text: str, where: str, expected: str) -> float:
     return value
 
 
-def _json_object(path: Path) -> dict:
-    """The JSON object in `path` (strict UTF-8), else MalformedOutput naming the file."""
+def json_object(path: Path, expected: str = "an object of metric values") -> dict:
+    """The JSON object in `path` (strict UTF-8); MissingOutput when there is no file, MalformedOutput naming
+    the file and `expected` when it is not UTF-8 JSON of an object."""
     if not path.is_file():
         raise MissingOutput(f"{path}: not found")
     data = path.read_bytes()
@@ -65,11 +66,11 @@ def _json_object(path: Path) -> dict:
         values = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise MalformedOutput(f"{path}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
-                              "expected the JSON object the driver writes") from None
+                              f"expected {expected}") from None
     except json.JSONDecodeError as error:
-        raise MalformedOutput(f"{path}: not JSON ({error}); expected the JSON object the driver writes") from None
+        raise MalformedOutput(f"{path}: not JSON ({error}); expected {expected}") from None
     if not isinstance(values, dict):
-        raise MalformedOutput(f"{path}: a JSON {type(values).__name__}; expected an object of metric values")
+        raise MalformedOutput(f"{path}: a JSON {type(values).__name__}; expected {expected}")
     return values
 
 
@@ -104,7 +105,7 @@ def recorded_learning_rates(out: Path, task: Task) -> list[float] | None:
     path = task_dir(out, task) / INPUTS_FILE
     if not path.exists():
         return None
-    rates = _json_object(path).get("learning_rates")
+    rates = json_object(path, "the object of a task's inputs the driver writes").get("learning_rates")
     if not isinstance(rates, list) or not all(isinstance(rate, (int, float)) and not isinstance(rate, bool)
                                               and math.isfinite(rate) for rate in rates):
         raise MalformedOutput(f"{path}: learning_rates is {rates!r}; expected a list of learning rates")
@@ -203,7 +204,7 @@ def logged_dev_best(expdir: Path) -> float | None:
 def read_metric_file(expdir: Path, key: str) -> float:
     """A scorer's value stored by the driver in `EXPDIR/metric.json`."""
     path = expdir / METRIC_FILE
-    values = _json_object(path)
+    values = json_object(path)
     if key not in values:
         raise MissingOutput(f"{path}: no {key}")
     value = values[key]
@@ -300,7 +301,7 @@ def _qbe_scores(path: Path) -> tuple[dict[int, float], dict[int, float]]:
     """({layer: dev MTWV}, {layer: test MTWV}) of QbE's metric.json (`runs.run_qbe`: {"dev": {"0": v, ...},
     "test": {...}}, both written from the start); MalformedOutput naming the file and key when it is not
     that, MissingOutput when no layer was scored on dev yet."""
-    values = _json_object(path)
+    values = json_object(path)
     scores = []
     for split in ("dev", "test"):
         layers = values.get(split)

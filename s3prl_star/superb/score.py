@@ -117,19 +117,12 @@ def check_metrics(metrics: dict, source: str) -> dict[str, float]:
 
 
 def _load_json(path: Path) -> dict:
+    from s3prl_star.superb.results import MissingOutput, json_object
+
     try:
-        raw = path.read_bytes()
-        data = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found") from None
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start}); "
-                         "expected a UTF-8 JSON object") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
+        return json_object(path, "a UTF-8 JSON object")
+    except MissingOutput as error:  # and MalformedOutput
+        raise InputError(str(error)) from None
 
 
 def check_not_fractions(metrics: dict[str, float], source: str) -> None:
