@@ -11,7 +11,7 @@ APT_NEEDS := espeak-ng sox
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml setup.py requirements/constraints.txt
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS); }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)

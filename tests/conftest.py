@@ -76,7 +76,14 @@ def superb_metric(request):
     return record
 
 
+# How long the project's single-node SLURM took to start (apt-get included where it installed) and stop.
+SLURM_TIMES: dict[str, float] = {}
+
+
 def pytest_terminal_summary(terminalreporter):
+    if SLURM_TIMES:
+        terminalreporter.section("the single-node SLURM of scripts/local_slurm.sh")
+        terminalreporter.write_line(", ".join(f"{what} in {seconds:.1f} s" for what, seconds in SLURM_TIMES.items()))
     if MEASURED_METRICS:
         terminalreporter.section("SUPERB metrics measured by the task tests (tiny random student, generated data)")
         for key, value, nodeid in sorted(MEASURED_METRICS):
@@ -90,14 +97,20 @@ def slurm_cluster(tmp_path_factory):
     variables its clients need (`SLURM_CONF`). Skipped, saying why, where it cannot start (no root)."""
     import os
     import subprocess
+    import time
 
     from helpers import REPO
 
     folder = tmp_path_factory.mktemp("slurm")
     script = REPO / "scripts" / "local_slurm.sh"
+    begun = time.monotonic()
     started = subprocess.run([str(script), "start", str(folder)], capture_output=True, text=True, timeout=600)
+    SLURM_TIMES["started"] = time.monotonic() - begun
     if started.returncode == 3:
         pytest.skip(f"no SLURM cluster here: {started.stderr.strip()}")
     assert started.returncode == 0, started.stdout + started.stderr
     yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
-    subprocess.run([str(script), "stop", str(folder)], capture_output=True, text=True, timeout=120)
+    begun = time.monotonic()
+    stopped = subprocess.run([str(script), "stop", str(folder)], capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    SLURM_TIMES["stopped"] = time.monotonic() - begun

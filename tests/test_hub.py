@@ -65,3 +65,16 @@ def test_missing_checkpoint_is_named(hub, tmp_path):
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         hub.star_hubert(ckpt=str(missing))
+
+
+def test_star_hubert_resolves_in_a_fresh_process_of_the_readme_environment(tmp_path):
+    """`make`'s editable install carries the start-up hook too: no import of s3prl_star in user code."""
+    import subprocess
+    import sys
+
+    from helpers import user_environment
+
+    probe = "from s3prl.nn import S3PRLUpstream; print('star_hubert' in S3PRLUpstream.available_names())"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=user_environment(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "True", result.stdout + result.stderr[-2000:]
