@@ -4,7 +4,8 @@ The slow test is the CI variant of `make demo`: the same stages (corpus, teacher
 distillation, the tasks for FBANK, the teacher and the student, the score table and plot) on the
 tiny corpus with every run cut to a few steps and two of the six tasks (PR: tested on the dev-best
 checkpoint; KS: the test score logged at the dev-best step); run again with a second seed, it finds
-every stage finished, redoes none and adds the second seed's student.
+every stage finished, redoes none and adds the second seed's student; run from nothing in another folder,
+it prints the same table.
 """
 import json
 import signal
@@ -73,8 +74,19 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert "=== mini-SUPERB ===" in result.stdout and "held-out masked-prediction accuracy" in result.stdout
 
     logs = {log.stem: log for log in (out / "logs").glob("*.log")}
-    assert sorted(logs) == ["score", "student-star", "superb-fbank", "superb-teacher", "teacher-pretrain"]
+    assert sorted(logs) == ["score", "student-star", "superb-fbank", "superb-fbank_no_cmvn", "superb-teacher",
+                            "teacher-pretrain"]
+    fbank_runs = {name: json.loads((out / "superb" / name / "superb.json").read_text())["upstream"]
+                  for name in ("fbank", "fbank_no_cmvn")}
+    assert fbank_runs == {"fbank": ["-u", "fbank"], "fbank_no_cmvn": ["-u", "fbank_no_cmvn"]}
+    assert [task for task, entry in json.loads((out / "superb" / "fbank_no_cmvn" / "results.json").read_text())[
+        "tasks"].items() if entry["status"] == "done"] == ["KS"]
     assert "$ s3prl-star pretrain" in logs["student-star"].read_text()
+
+    repeat = demo(str(tmp_path / "repeat"), *options)  # the same command from nothing: the same table
+    assert repeat.returncode == 0, repeat.stdout[-6000:] + repeat.stderr[-3000:]
+    assert json.loads((tmp_path / "repeat" / "summary.json").read_text()) == summary
+    assert (tmp_path / "repeat" / "score.md").read_text().replace(str(tmp_path / "repeat"), str(out)) == table
 
     again = demo(str(out), *options, "--seeds", "2")  # a second seed: the first one's work is kept
     assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
@@ -87,7 +99,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
         return logs[log].read_text().split("$ s3prl-star ")[-1]
 
     assert "already trained" in second_run("teacher-pretrain")
-    for log in ("superb-fbank", "superb-teacher", "student-star"):  # seed 0's student included
+    for log in ("superb-fbank", "superb-fbank_no_cmvn", "superb-teacher", "student-star"):  # seed 0's student too
         superb_lines = "".join(line for line in second_run(log).splitlines(True) if line.startswith("superb: "))
         assert superb_lines and "training" not in superb_lines
 

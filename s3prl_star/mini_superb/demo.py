@@ -36,6 +36,10 @@ TASKS = ("pr", "asr", "ks", "sid", "ic", "er")
 # The default: within the mini budget ASR and IC stay at their floor for every upstream and ER separates
 # none, while its 5 folds cost much of a row's time (docs/mini_superb.md); `--tasks` runs them.
 DEFAULT_TASKS = ("pr", "ks", "sid")
+# FBANK on the utterance-level tasks: s3prl's `fbank` normalises every utterance to zero mean and unit
+# variance per channel, so a linear projector then mean pooling gives every utterance the same input (one
+# label for all); `fbank_no_cmvn` is the same feature without that normalisation (docs/mini_superb.md).
+FBANK_NO_CMVN_TASKS = ("ks", "sid", "ic", "er")
 STUDENT_PRESET = "star_hubert_mini"
 
 
@@ -293,10 +297,17 @@ def main(argv=None) -> int:
     alone.wait()
     stages = Stages(out / "logs", args.jobs, args.device)
 
-    def upstream_row(label: str, upstream: list[str]):
+    def upstream_row(label: str, upstream: list[str], tasks: list[str]):
         def stage(log: Path) -> Path:
-            return superb(out, label, upstream, data, args.tasks, args.device, log=log, threads=stages.threads)
+            return superb(out, label, upstream, data, tasks, args.device, log=log, threads=stages.threads)
         return stages.submit(f"superb-{label}", stage)
+
+    def fbank_rows() -> list:
+        """FBANK's row: `fbank` on the frame-level tasks, `fbank_no_cmvn` on the utterance-level ones."""
+        utterance = [task for task in args.tasks if task in FBANK_NO_CMVN_TASKS]
+        frame = [task for task in args.tasks if task not in FBANK_NO_CMVN_TASKS]
+        return [upstream_row(name, ["-u", name], tasks)
+                for name, tasks in (("fbank", frame), ("fbank_no_cmvn", utterance)) if tasks]
 
     def student_row(label: str, objective: Objective, seed: int):
         def stage(log: Path) -> Path:
@@ -311,12 +322,12 @@ def main(argv=None) -> int:
 
     # Started in this order: on 2 cores the teacher's row, the longest, runs beside STaR's distillation
     # and row and then FBANK's short row, so that both end about together.
-    teacher_row = upstream_row("teacher", ["-u", "hubert_local", "-k", str(teacher)])
+    teacher_row = upstream_row("teacher", ["-u", "hubert_local", "-k", str(teacher)], args.tasks)
     futures: dict[str, list] = {"fbank": [], "teacher": [teacher_row]}
     for position, (label, objective, seed) in enumerate(student_runs(args.compare, args.seeds)):
         futures.setdefault(objective.label, []).append(student_row(label, objective, seed))
         if position == 0:
-            futures["fbank"].append(upstream_row("fbank", ["-u", "fbank"]))
+            futures["fbank"] += fbank_rows()
     stages.wait()
     rows = {label: [future.result() for future in row] for label, row in futures.items()}
 
@@ -330,6 +341,7 @@ def main(argv=None) -> int:
     print(f"teacher: {teacher_result['parameters']:,} parameters, held-out masked-prediction accuracy "
           f"{teacher_result['held_out_masked_accuracy']:.3f} (most frequent unit {teacher_result['majority_unit_accuracy']:.3f})")
     print(format_summary(summary))
+    print("fbank: s3prl's `fbank` on PR and ASR, `fbank_no_cmvn` on KS, SID, IC and ER (docs/mini_superb.md)")
     print(f"table: {out / 'score.md'}; plot: {out / 'score.png'}; logs: tensorboard --logdir {out}")
     print(f"demo: {(time.monotonic() - started) / 60:.1f} min")
     return 0
