@@ -90,14 +90,15 @@ class Stages:
     """Stages run `jobs` at a time, each a function of its log file (OUT/logs/<name>.log) that runs
     subcommands with `run(..., log=log, threads=self.threads)`. On a CPU the cores are shared out, a
     thread per stage: single-threaded stages side by side get more done than one after the other with
-    every thread (docs/mini_superb.md). Every 60 s the running stages' latest progress line is printed."""
+    every thread (docs/mini_superb.md); the count is set, never left to torch, so that a rerun on the same
+    machine computes in the same order and prints the same table. Every 60 s the running stages' latest progress line is printed."""
 
     def __init__(self, logs: Path, jobs: int, device: str):
         from concurrent.futures import ThreadPoolExecutor
 
         logs.mkdir(parents=True, exist_ok=True)
         self.logs, self.pool = logs, ThreadPoolExecutor(jobs)
-        self.threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" and jobs > 1 else None
+        self.threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else None
         self.started: dict[str, float] = {}
         self.futures: dict = {}
 
