@@ -185,7 +185,7 @@ def test_a_killed_driver_adopts_its_running_job_and_loses_nothing(slurm_cluster,
                              text=True, start_new_session=True)
     trial = out / "ks" / "lr0.0001"
     deadline = time.monotonic() + 600
-    while not any(trial.glob("states-*.ckpt")):
+    while not (any(trial.glob("states-*.ckpt")) and (trial / "train.log.job").exists()):  # the job may write first
         assert first.poll() is None, first.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no KS checkpoint"
         time.sleep(0.05)
@@ -223,3 +223,44 @@ def test_a_job_cancelled_from_outside_is_reported_as_failed_naming_it(slurm_clus
     entry = json.loads((out / "results.json").read_text())["tasks"]["KS"]
     assert entry["status"] == "failed" and f"SLURM job {job}" in entry["reason"], entry
     assert jobs_of(out, slurm_cluster) == []
+
+
+def test_a_driver_killed_while_its_job_waits_keeps_the_jobs_folder(slurm_cluster, suite, tmp_path):
+    """SIGKILLed while KS's job is still queued (held), before its first checkpoint: the driver started again
+    leaves the run folder the job will write as it is, adopts the job, and the results equal the local run's."""
+    out = tmp_path / "out"
+    command = superb_command(suite["student"], suite["data"], out, "--launcher", "slurm", "--slurm-args", "--hold")
+    first = subprocess.Popen(command, cwd=tmp_path, env=slurm_cluster, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    record = out / "ks" / "lr0.0001" / "train.log.job"
+    deadline = time.monotonic() + 300
+    while not record.exists():
+        assert first.poll() is None and time.monotonic() < deadline, "KS's job was not submitted"
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    job = json.loads(record.read_text())["job_id"]
+    assert squeue_state(job, slurm_cluster) == "PENDING"
+    script = record.with_suffix(".sh")
+    assert script.is_file()
+
+    log = tmp_path / "second.log"
+    with open(log, "w") as stdout:
+        second = subprocess.Popen(command, cwd=tmp_path, env=slurm_cluster, stdout=stdout, stderr=subprocess.STDOUT)
+        while f"KS/lr0.0001: adopting SLURM job {job}" not in log.read_text():
+            assert second.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert script.is_file() and json.loads(record.read_text())["job_id"] == job  # the folder was kept
+        while second.poll() is None:  # release the held jobs, the adopted one and any the driver submits
+            listed = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i %j"], env=slurm_cluster,
+                                    capture_output=True, text=True, check=True).stdout.split("\n")
+            for line in filter(None, listed):
+                held, name = line.split()
+                if name.startswith(job_name_prefix(out)):
+                    subprocess.run(["scontrol", "release", held], env=slurm_cluster, capture_output=True)
+            assert time.monotonic() < deadline + 600, log.read_text()[-3000:]
+            time.sleep(0.5)
+    output = log.read_text()
+    assert second.returncode == 0, output[-3000:]
+    assert "KS/lr0.0001: submitted SLURM job" not in output
+    assert metrics(out) == pytest.approx(suite["local"], abs=1e-9)

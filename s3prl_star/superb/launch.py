@@ -53,6 +53,10 @@ class LocalLauncher:
         except CommandFailed as error:
             raise RunFailed(f"{label}: {error}") from None
 
+    def has_active_job(self, label: str, stdout: Path) -> bool:
+        """Never: a killed driver's runs hold OUT's lock, so no driver runs beside them."""
+        return False
+
 
 def job_name_prefix(out: Path) -> str:
     """The prefix of every job name of one OUT: its folder name and a digest of its absolute path."""
@@ -99,13 +103,24 @@ class SlurmLauncher:
             on_progress: Callable[[Progress], None]) -> None:
         command = [sys.executable, "-m", "s3prl_star.cli", *args]
         record, status = _sibling(stdout, ".job"), _sibling(stdout, ".exit")
-        name = job_name_prefix(self.out) + re.sub(r"[^A-Za-z0-9_.-]", ".", label)
+        name = self._job_name(label)
         job = self._adopt(label, name, record, status, command)
         if job == "done":
             return
         if job is None:
             job = self._submit(label, name, command, stdout, record, status, append)
         self._wait(label, job, stdout, status, on_progress)
+
+    def has_active_job(self, label: str, stdout: Path) -> bool:
+        """Whether a job of this run (an earlier driver's) is queued or running: its folder is not to be cleared."""
+        recorded = _read_record(_sibling(stdout, ".job"))
+        if recorded is not None and job_state(recorded["job_id"]) in ACTIVE_STATES:
+            return True
+        name = self._job_name(label)
+        return name in jobs_named(name).values()
+
+    def _job_name(self, label: str) -> str:
+        return job_name_prefix(self.out) + re.sub(r"[^A-Za-z0-9_.-]", ".", label)
 
     def _adopt(self, label: str, name: str, record: Path, status: Path, command: list[str]) -> str | None:
         """The id of this run's job still queued or running (recorded, or found by name), "done" when the recorded
