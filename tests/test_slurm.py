@@ -178,7 +178,9 @@ def test_two_tasks_through_slurm_equal_the_local_run(slurm_cluster, suite, tmp_p
 
 def test_a_killed_driver_adopts_its_running_job_and_loses_nothing(slurm_cluster, suite, tmp_path):
     """SIGKILLed once KS's job has written a checkpoint: the job goes on, holding its run folder's lock; the
-    driver started again adopts it (no second job), and the results equal the local run's."""
+    driver started again adopts it (no second job), and the results equal the local run's. The job is
+    suspended (SIGSTOP) from its first checkpoint until the second driver has adopted it, so that it cannot
+    end before the second driver looks (it then counts as done, also right, but not what this tests)."""
     out = tmp_path / "out"
     command = superb_command(suite["student"], suite["data"], out, "--launcher", "slurm")
     first = subprocess.Popen(command, cwd=tmp_path, env=slurm_cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -189,18 +191,27 @@ def test_a_killed_driver_adopts_its_running_job_and_loses_nothing(slurm_cluster,
         assert first.poll() is None, first.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no KS checkpoint"
         time.sleep(0.05)
+    job = json.loads((trial / "train.log.job").read_text())["job_id"]
+    subprocess.run(["scontrol", "suspend", job], env=slurm_cluster, check=True, capture_output=True)
     first.kill()
     first.wait()
-    record = json.loads((trial / "train.log.job").read_text())
-    assert squeue_state(record["job_id"], slurm_cluster) == "RUNNING"
-    with open(trial / ".run.lock") as lock:  # the orphaned job still writes, and holds its folder
+    assert squeue_state(job, slurm_cluster) == "SUSPENDED"
+    with open(trial / ".run.lock") as lock:  # the orphaned job still holds its folder
         with pytest.raises(BlockingIOError):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
-    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=slurm_cluster)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert f"KS/lr0.0001: adopting SLURM job {record['job_id']}" in second.stdout, second.stdout[-3000:]
-    assert "KS/lr0.0001: submitted SLURM job" not in second.stdout
+    log = tmp_path / "second.log"
+    with open(log, "w") as stdout:
+        second = subprocess.Popen(command, cwd=tmp_path, env=slurm_cluster, stdout=stdout, stderr=subprocess.STDOUT)
+        while f"KS/lr0.0001: adopting SLURM job {job} (suspended)" not in log.read_text():
+            assert second.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            assert "KS/lr0.0001: submitted" not in log.read_text(), log.read_text()[-3000:]
+            time.sleep(0.1)
+        subprocess.run(["scontrol", "resume", job], env=slurm_cluster, check=True, capture_output=True)
+        second.wait(timeout=900)
+    output = log.read_text()
+    assert second.returncode == 0, output[-3000:]
+    assert "KS/lr0.0001: submitted SLURM job" not in output and "KS/lr0.0001: resuming" not in output
     assert metrics(out) == pytest.approx(suite["local"], abs=1e-9)
 
 

@@ -74,9 +74,11 @@ def train(ctx: Context, task: Task, label: str, expdir: Path, overrides: list[st
     if (expdir / results.TRAIN_DONE).is_file():
         return
     resume = latest_checkpoint(expdir) is not None
-    if not resume and expdir.exists() and not ctx.launcher.has_active_job(label, expdir / results.TRAIN_LOG):
-        shutil.rmtree(expdir)  # killed before its first checkpoint: nothing to keep (unless a job still writes it)
-    ctx.say(f"{label}: {'resuming training from ' + latest_checkpoint(expdir).name if resume else 'training'}")
+    adopted = ctx.launcher.has_active_job(label, expdir / results.TRAIN_LOG)  # the launcher says so when it adopts
+    if not resume and expdir.exists() and not adopted:
+        shutil.rmtree(expdir)  # killed before its first checkpoint: nothing to keep
+    if not adopted:
+        ctx.say(f"{label}: {'resuming training from ' + latest_checkpoint(expdir).name if resume else 'training'}")
     argv = ["-m", "train", *ctx.upstream, "-d", task.downstream, "-c", str(task.config), "-p", str(expdir),
             "-o", ",,".join(overrides), *(["-a"] if resume else [])]
     run_downstream(ctx, label, argv, expdir / results.TRAIN_LOG, gpu, append=True)
