@@ -53,7 +53,7 @@ class LocalLauncher:
         except CommandFailed as error:
             raise RunFailed(f"{label}: {error}") from None
 
-    def has_active_job(self, label: str, stdout: Path) -> bool:
+    def has_earlier_job(self, label: str, stdout: Path) -> bool:
         """Never: a killed driver's runs hold OUT's lock, so no driver runs beside them."""
         return False
 
@@ -111,10 +111,12 @@ class SlurmLauncher:
             job = self._submit(label, name, command, stdout, record, status, append)
         self._wait(label, job, stdout, status, on_progress)
 
-    def has_active_job(self, label: str, stdout: Path) -> bool:
-        """Whether a job of this run (an earlier driver's) is queued or running: its folder is not to be cleared."""
+    def has_earlier_job(self, label: str, stdout: Path) -> bool:
+        """Whether an earlier driver's job of this run is queued or running, or succeeded: `run` adopts it or
+        takes it as done, and its folder is not to be cleared."""
         recorded = _read_record(_sibling(stdout, ".job"))
-        if recorded is not None and job_state(recorded["job_id"]) in ACTIVE_STATES:
+        if recorded is not None and (job_state(recorded["job_id"]) in ACTIVE_STATES
+                                     or _exit_status(_sibling(stdout, ".exit")) == 0):
             return True
         name = self._job_name(label)
         return name in jobs_named(name).values()
@@ -134,6 +136,7 @@ class SlurmLauncher:
                 self.say(f"{label}: adopting SLURM job {recorded['job_id']} ({state.lower()})")
                 return recorded["job_id"]
             if _exit_status(status) == 0:
+                self.say(f"{label}: SLURM job {recorded['job_id']} ended successfully while no driver watched it")
                 return "done"
             self.say(f"{label}: SLURM job {recorded['job_id']} ended without success"
                      f"{f' ({state.lower()})' if state else ''}; submitting it again")

@@ -74,10 +74,10 @@ def train(ctx: Context, task: Task, label: str, expdir: Path, overrides: list[st
     if (expdir / results.TRAIN_DONE).is_file():
         return
     resume = latest_checkpoint(expdir) is not None
-    adopted = ctx.launcher.has_active_job(label, expdir / results.TRAIN_LOG)  # the launcher says so when it adopts
-    if not resume and expdir.exists() and not adopted:
+    earlier_job = ctx.launcher.has_earlier_job(label, expdir / results.TRAIN_LOG)  # the launcher says what it found
+    if not resume and expdir.exists() and not earlier_job:
         shutil.rmtree(expdir)  # killed before its first checkpoint: nothing to keep
-    if not adopted:
+    if not earlier_job:
         ctx.say(f"{label}: {'resuming training from ' + latest_checkpoint(expdir).name if resume else 'training'}")
     argv = ["-m", "train", *ctx.upstream, "-d", task.downstream, "-c", str(task.config), "-p", str(expdir),
             "-o", ",,".join(overrides), *(["-a"] if resume else [])]
