@@ -91,7 +91,8 @@ class Stages:
     subcommands with `run(..., log=log, threads=self.threads)`. On a CPU the cores are shared out, a
     thread per stage: single-threaded stages side by side get more done than one after the other with
     every thread (docs/mini_superb.md); the count is set, never left to torch, so that a rerun on the same
-    machine computes in the same order and prints the same table. Every 60 s the running stages' latest progress line is printed."""
+    machine computes in the same order and prints the same table. Every 60 s the running stages' latest
+    progress line is printed."""
 
     def __init__(self, logs: Path, jobs: int, device: str):
         from concurrent.futures import ThreadPoolExecutor
@@ -342,7 +343,9 @@ def main(argv=None) -> int:
     print(f"teacher: {teacher_result['parameters']:,} parameters, held-out masked-prediction accuracy "
           f"{teacher_result['held_out_masked_accuracy']:.3f} (most frequent unit {teacher_result['majority_unit_accuracy']:.3f})")
     print(format_summary(summary))
-    print("fbank: s3prl's `fbank` on PR and ASR, `fbank_no_cmvn` on KS, SID, IC and ER (docs/mini_superb.md)")
+    frame = [task.upper() for task in TASKS if task not in FBANK_NO_CMVN_TASKS]
+    print(f"fbank: s3prl's `fbank` on {', '.join(frame)}, `fbank_no_cmvn` on "
+          f"{', '.join(task.upper() for task in FBANK_NO_CMVN_TASKS)} (docs/mini_superb.md)")
     print(f"table: {out / 'score.md'}; plot: {out / 'score.png'}; logs: tensorboard --logdir {out}")
     print(f"demo: {(time.monotonic() - started) / 60:.1f} min")
     return 0

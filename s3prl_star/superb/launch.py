@@ -114,39 +114,52 @@ class SlurmLauncher:
     def has_earlier_job(self, label: str, stdout: Path) -> bool:
         """Whether an earlier driver's job of this run is queued or running, or succeeded: `run` adopts it or
         takes it as done, and its folder is not to be cleared."""
-        recorded = _read_record(_sibling(stdout, ".job"))
-        if recorded is not None and (job_state(recorded["job_id"]) in ACTIVE_STATES
-                                     or _exit_status(_sibling(stdout, ".exit")) == 0):
-            return True
-        name = self._job_name(label)
-        return name in jobs_named(name).values()
+        earlier = self._earlier_job(self._job_name(label), _sibling(stdout, ".job"), _sibling(stdout, ".exit"))
+        return earlier is not None and earlier[0] != "failed"
 
     def _job_name(self, label: str) -> str:
         return job_name_prefix(self.out) + re.sub(r"[^A-Za-z0-9_.-]", ".", label)
+
+    def _earlier_job(self, name: str, record: Path, status: Path) -> tuple[str, str, str | None] | None:
+        """What earlier drivers left of this run, as (kind, job id, state): "active" (the recorded job is queued
+        or running), "done" (it succeeded), "unrecorded" (a queued or running job of this run's name that no
+        record names: its driver was killed before it recorded it), "failed" (the recorded job ended without
+        success, and no other runs); None when no job was ever submitted."""
+        recorded = _read_record(record)
+        state = None
+        if recorded is not None:
+            state = job_state(recorded["job_id"])
+            if state in ACTIVE_STATES:
+                return "active", recorded["job_id"], state
+            if _exit_status(status) == 0:
+                return "done", recorded["job_id"], state
+        for job, found in jobs_named(name).items():
+            if found == name:
+                return "unrecorded", job, None
+        return ("failed", recorded["job_id"], state) if recorded is not None else None
 
     def _adopt(self, label: str, name: str, record: Path, status: Path, command: list[str]) -> str | None:
         """The id of this run's job still queued or running (recorded, or found by name), "done" when the recorded
         job succeeded meanwhile, else None (never submitted, or failed, cancelled or vanished: submit again).
         A run is its stdout file: a job writing it is adopted whatever command started it (the driver resumes
         with `-a` what a first job started without)."""
-        recorded = _read_record(record)
-        if recorded is not None:
-            state = job_state(recorded["job_id"])
-            if state in ACTIVE_STATES:
-                self.say(f"{label}: adopting SLURM job {recorded['job_id']} ({state.lower()})")
-                return recorded["job_id"]
-            if _exit_status(status) == 0:
-                self.say(f"{label}: SLURM job {recorded['job_id']} ended successfully while no driver watched it")
-                return "done"
-            self.say(f"{label}: SLURM job {recorded['job_id']} ended without success"
-                     f"{f' ({state.lower()})' if state else ''}; submitting it again")
-        for job, found in jobs_named(name).items():
-            if found == name:  # submitted by a driver killed before it recorded the job
-                write_atomically(record, lambda temporary, job=job: Path(temporary).write_text(
-                    json.dumps({"job_id": job, "command": command}) + "\n"))
-                self.say(f"{label}: adopting SLURM job {job}")
-                return job
-        return None
+        earlier = self._earlier_job(name, record, status)
+        if earlier is None:
+            return None
+        kind, job, state = earlier
+        if kind == "failed":
+            self.say(f"{label}: SLURM job {job} ended without success{f' ({state.lower()})' if state else ''}; "
+                     "submitting it again")
+            return None
+        if kind == "done":
+            self.say(f"{label}: SLURM job {job} ended successfully while no driver watched it")
+            return "done"
+        if kind == "unrecorded":
+            _write_record(record, job, command)
+            self.say(f"{label}: adopting SLURM job {job}")
+        else:
+            self.say(f"{label}: adopting SLURM job {job} ({state.lower()})")
+        return job
 
     def _submit(self, label: str, name: str, command: list[str], stdout: Path, record: Path, status: Path,
                 append: bool) -> str:
@@ -171,8 +184,7 @@ class SlurmLauncher:
         if submitted.returncode != 0:
             raise RunFailed(f"{label}: sbatch refused the job: {submitted.stderr.strip()}")
         job = submitted.stdout.strip().split(";")[0]
-        write_atomically(record, lambda temporary: Path(temporary).write_text(
-            json.dumps({"job_id": job, "command": command}) + "\n"))
+        _write_record(record, job, command)
         self.say(f"{label}: submitted SLURM job {job} ({name})")
         return job
 
@@ -209,6 +221,11 @@ def cancel(out: Path) -> list[str]:
 
 def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
+
+
+def _write_record(path: Path, job: str, command: list[str]) -> None:
+    write_atomically(path, lambda temporary: Path(temporary).write_text(
+        json.dumps({"job_id": job, "command": command}) + "\n"))
 
 
 def _read_record(path: Path) -> dict | None:
